@@ -93,19 +93,15 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, dict[Loc, int]]:
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError([ConfigIssue(filename, line, "", f"invalid YAML: {problem}")]) from None
     except ConfigError as err:
-        raise ConfigError(
-            [ConfigIssue(filename, i.line, i.path, i.message) for i in err.issues]
-        ) from None
+        raise ConfigError([ConfigIssue(filename, i.line, i.path, i.message) for i in err.issues]) from None
     if node is None:
         return {}, {}
     lines: dict[Loc, int] = {}
     try:
         _compose_lines(node, (), lines)
     except ConfigError as err:
-        raise ConfigError(
-            [ConfigIssue(filename, i.line, i.path, i.message) for i in err.issues]
-        ) from None
-    data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+        raise ConfigError([ConfigIssue(filename, i.line, i.path, i.message) for i in err.issues]) from None
+    data = yaml.load(text, Loader=yaml.SafeLoader)
     return data, lines
 
 
@@ -141,9 +137,7 @@ def issues_from_validation(
     return issues
 
 
-def validate(
-    model: type[M], data: Any, filename: str, lines: dict[Loc, int], prefix: Loc = ()
-) -> M:
+def validate(model: type[M], data: Any, filename: str, lines: dict[Loc, int], prefix: Loc = ()) -> M:
     """Validate data against a model; raise ConfigError listing every problem."""
     try:
         return model.model_validate(data)
@@ -151,9 +145,7 @@ def validate(
         raise ConfigError(issues_from_validation(err, filename, lines, prefix)) from None
 
 
-def load_file(
-    path: str | Path, build: Callable[[Any, str, dict[Loc, int]], M]
-) -> M:
+def load_file(path: str | Path, build: Callable[[Any, str, dict[Loc, int]], M]) -> M:
     """Read a YAML file and hand its data and line map to ``build``; errors name the file."""
     p = Path(path)
     try:

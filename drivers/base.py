@@ -122,9 +122,7 @@ class BusDriver(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
-    async def read(
-        self, device: DeviceConfigBase, points: Sequence[PointConfigBase]
-    ) -> list[PointReading]:
+    async def read(self, device: DeviceConfigBase, points: Sequence[PointConfigBase]) -> list[PointReading]:
         """Read points of one device, grouped into as few requests as the protocol allows.
 
         Returns one reading per requested point, in order. Raises DeviceUnavailable when the

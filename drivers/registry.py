@@ -22,9 +22,7 @@ def get_driver(name: str) -> DriverSpec:
     try:
         target = _REGISTRY[name]
     except KeyError:
-        raise KeyError(
-            f"unknown driver {name!r} (known: {', '.join(known_drivers())})"
-        ) from None
+        raise KeyError(f"unknown driver {name!r} (known: {', '.join(known_drivers())})") from None
     module_name, _, attr = target.partition(":")
     spec = getattr(importlib.import_module(module_name), attr)
     assert isinstance(spec, DriverSpec)

@@ -1,0 +1,1 @@
+"""The gateway daemon: config, pollers, uplink, commands, control socket, technician CLI."""

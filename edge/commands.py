@@ -1,0 +1,152 @@
+"""Commands from the hub: deduplicated, validated, applied through the bus poller, acknowledged.
+
+Every command gets exactly one ack with a precise status: ``rejected`` before anything touches
+the field (unknown device or point, read-only, wrong type, out of range), ``expired`` when it
+arrived too late, ``failed`` when the device did not take it, ``ok`` with the read-back value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from drivers import DriverError, PointConfigBase
+from wire import Ack, AckStatus, Command, PointType, Value
+
+from .outbox import Outbox
+from .poller import BusPoller
+from .state import Counters, DeviceState, now_ms
+
+log = logging.getLogger(__name__)
+
+DEDUPE_WINDOW = 10_000  # remembered command ids
+MAX_WRITE_WAIT_S = 30.0  # a write never waits longer than this, whatever its expiry
+
+
+def check_value(point: PointConfigBase, value: Value) -> str | None:
+    """Why a value cannot be written to a point, or None when it can."""
+    if not point.writable:
+        return f"point {point.id!r} is read-only"
+    ptype = point.value_type()
+    if value is None:
+        return "value is missing (null)"
+    if ptype is PointType.BOOL:
+        if not isinstance(value, bool):
+            return f"point {point.id!r} takes true/false, got {value!r}"
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"point {point.id!r} takes a number, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"value {value!r} is not a finite number"
+    if ptype is PointType.INT and float(value) != int(value):
+        return f"point {point.id!r} takes a whole number, got {value!r}"
+    lo, hi = point.min, point.max
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "+inf" if hi is None else f"{hi:g}"
+        return f"value {value:g} is out of range [{lo_s}, {hi_s}] for point {point.id!r}"
+    return None
+
+
+class CommandExecutor:
+    """Takes commands from the uplink and runs each through the right bus poller."""
+
+    def __init__(
+        self,
+        gateway_id: str,
+        devices: Mapping[str, DeviceState],
+        pollers: Mapping[str, BusPoller],
+        outbox: Outbox,
+        counters: Counters,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self.devices = devices
+        self.pollers = pollers
+        self.outbox = outbox
+        self.counters = counters
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._queue: asyncio.Queue[Command] = asyncio.Queue(maxsize=1000)
+        self.last_results: list[dict[str, object]] = []
+
+    def submit(self, cmd: Command) -> None:
+        """Accept a command from the uplink (never blocks); duplicates are acknowledged once."""
+        self.counters.commands_received += 1
+        if cmd.id in self._seen:
+            self.counters.commands_duplicate += 1
+            log.info("command %s received again: already handled, ignoring the repeat", cmd.id)
+            return
+        self._seen[cmd.id] = None
+        if len(self._seen) > DEDUPE_WINDOW:
+            self._seen.popitem(last=False)
+        try:
+            self._queue.put_nowait(cmd)
+        except asyncio.QueueFull:
+            self._ack(cmd, AckStatus.REJECTED, "gateway busy: too many commands queued")
+
+    async def run(self) -> None:
+        """Execute commands concurrently (each bus serialises its own writes)."""
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                cmd = await self._queue.get()
+                tg.create_task(self.execute(cmd), name=f"command-{cmd.id}")
+
+    def _ack(self, cmd: Command, status: AckStatus, detail: str, value: Value = None) -> None:
+        log_fn = log.info if status is AckStatus.OK else log.warning
+        log_fn(
+            "command %s %s.%s=%r from %s: %s %s",
+            cmd.id,
+            cmd.device,
+            cmd.point,
+            cmd.value,
+            cmd.source or "?",
+            status.value,
+            detail,
+        )
+        self.outbox.add_urgent(Ack(id=cmd.id, status=status, detail=detail, ts_ms=now_ms(), value=value))
+        self.last_results.append(
+            {"id": cmd.id, "device": cmd.device, "point": cmd.point, "status": status.value, "detail": detail}
+        )
+        del self.last_results[:-20]
+
+    async def execute(self, cmd: Command) -> None:
+        """Validate, apply and acknowledge one command."""
+        now = now_ms()
+        if cmd.expires_at_ms <= now:
+            self._ack(
+                cmd, AckStatus.EXPIRED, f"expired {now - cmd.expires_at_ms} ms before it could be applied"
+            )
+            return
+        dev = self.devices.get(cmd.device)
+        if dev is None:
+            self._ack(cmd, AckStatus.REJECTED, f"unknown device {cmd.device!r} on gateway {self.gateway_id}")
+            return
+        ps = dev.points.get(cmd.point)
+        if ps is None:
+            known = ", ".join(sorted(dev.points)) or "none"
+            self._ack(
+                cmd, AckStatus.REJECTED, f"device {cmd.device!r} has no point {cmd.point!r} (points: {known})"
+            )
+            return
+        problem = check_value(ps.config, cmd.value)
+        if problem:
+            self._ack(cmd, AckStatus.REJECTED, problem)
+            return
+        poller = self.pollers[dev.config.bus]
+        wait = min(MAX_WRITE_WAIT_S, max(0.1, (cmd.expires_at_ms - now) / 1000))
+        try:
+            value = await asyncio.wait_for(poller.write(dev, ps.config, cmd.value), wait)
+        except TimeoutError:
+            self._ack(
+                cmd, AckStatus.FAILED, f"bus {dev.config.bus} did not complete the write within {wait:.1f}s"
+            )
+            return
+        except DriverError as err:
+            self._ack(cmd, AckStatus.FAILED, f"{type(err).__name__}: {err}")
+            return
+        detail = "written and read back"
+        if value != cmd.value:
+            detail = f"written; device reads back {value!r}"
+        self._ack(cmd, AckStatus.OK, detail, value)

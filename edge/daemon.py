@@ -1,0 +1,244 @@
+"""The edge daemon: composes pollers, uplink, command executor and control socket, supervised.
+
+``asyncio.run(run(config))``: every long-running task is named and supervised; a crash is
+logged with its traceback, counted, and the task restarted with backoff. Nothing but
+cancellation (SIGTERM) ends the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers import get_driver
+
+from . import control, systemd
+from .backoff import Backoff
+from .commands import CommandExecutor
+from .config import EdgeConfig, devices_on
+from .outbox import Outbox
+from .poller import BusPoller
+from .seqstore import SeqStore
+from .state import Counters, DeviceState, Health, now_ms
+from .uplink import SOFTWARE_VERSION, Uplink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskHealth:
+    """Restarts and last crash of one supervised task."""
+
+    restarts: int = 0
+    last_error: str = ""
+    running: bool = False
+
+
+@dataclass
+class Edge:
+    """Everything the running daemon holds, built from a validated config."""
+
+    config: EdgeConfig
+    counters: Counters = field(default_factory=Counters)
+    started_ms: int = field(default_factory=now_ms)
+
+    def __post_init__(self) -> None:
+        self.seqs = SeqStore(self.config.data_dir)
+        self.outbox = Outbox(self.config.publish.queue_max, self.counters)
+        self.devices = {d.id: DeviceState.of(d) for d in self.config.devices}
+        self.pollers: dict[str, BusPoller] = {}
+        for bus in self.config.buses:
+            spec = get_driver(bus.driver)
+            devs = devices_on(self.config, bus.id)
+            self.pollers[bus.id] = BusPoller(
+                bus,
+                [self.devices[d.id] for d in devs],
+                lambda spec=spec, bus=bus, devs=devs: spec.factory(bus, devs),
+                self.outbox,
+                self.config.publish.full_report_s,
+            )
+        self.executor = CommandExecutor(
+            self.config.gateway.id, self.devices, self.pollers, self.outbox, self.counters
+        )
+        self.uplink = Uplink(self.config, self.outbox, self.seqs, self.counters, self.executor.submit)
+        self.tasks: dict[str, TaskHealth] = {}
+
+    # -- supervision --------------------------------------------------------------------------
+
+    async def supervise(
+        self, name: str, fn: Callable[[], Awaitable[Any]], on_crash: Callable[[], None] | None = None
+    ) -> None:
+        """Run ``fn`` forever: log and count each crash, restart it with backoff."""
+        health = self.tasks.setdefault(name, TaskHealth())
+        backoff = Backoff(1.0, 60.0)
+        while True:
+            started = time.monotonic()
+            health.running = True
+            try:
+                await fn()
+                log.error("task %s returned; restarting it", name)
+            except asyncio.CancelledError:
+                health.running = False
+                raise
+            except Exception as err:
+                health.restarts += 1
+                health.last_error = f"{type(err).__name__}: {err}"
+                log.exception("task %s crashed (restart %d)", name, health.restarts)
+            health.running = False
+            if on_crash is not None:
+                on_crash()
+            if time.monotonic() - started > 300:
+                backoff.reset()
+            await asyncio.sleep(backoff.next())
+
+    def _mark_bus_failed(self, bus_id: str) -> Callable[[], None]:
+        def mark() -> None:
+            for dev in self.devices.values():
+                if dev.config.bus == bus_id:
+                    dev.health = Health.COMM_ERROR
+                    dev.last_error = (
+                        f"bus {bus_id} poller crashed: {self.tasks[f'poller-{bus_id}'].last_error}"
+                    )
+
+        return mark
+
+    def healthy(self) -> bool:
+        """True while every poller runs (used to gate the systemd watchdog)."""
+        return all(self.tasks.get(f"poller-{b}", TaskHealth()).running for b in self.pollers)
+
+    # -- control socket -----------------------------------------------------------------------
+
+    async def op_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Uplink state, per-device health, counters."""
+        up = self.uplink
+        m = self.config.mqtt
+        return {
+            "gateway": self.config.gateway.id,
+            "version": SOFTWARE_VERSION,
+            "config": self.config.source,
+            "config_hash": self.config.config_hash,
+            "session": self.seqs.session,
+            "seq": self.seqs.last,
+            "uptime_s": round((now_ms() - self.started_ms) / 1000, 1),
+            "uplink": {
+                "broker": f"{m.host}:{m.port}",
+                "connected": up.connected,
+                "connected_since_ms": up.connected_since_ms if up.connected else None,
+                "last_error": up.last_error,
+                "hub_online": up.hub_online,
+                "queued_samples": len(self.outbox.samples),
+                "queued_urgent": len(self.outbox.urgent),
+            },
+            "buses": [
+                {
+                    "id": bus_id,
+                    "driver": p.bus.driver,
+                    "running": p.running,
+                    "reads": p.reads_total,
+                    "points_read": p.points_read,
+                    "restarts": self.tasks.get(f"poller-{bus_id}", TaskHealth()).restarts,
+                }
+                for bus_id, p in self.pollers.items()
+            ],
+            "devices": [
+                {
+                    "id": d.config.id,
+                    "bus": d.config.bus,
+                    "kind": d.config.kind,
+                    "health": d.health.value,
+                    "failures": d.failures,
+                    "errors_total": d.errors_total,
+                    "last_error": d.last_error,
+                    "last_ok_ms": d.last_ok_ms or None,
+                }
+                for d in self.devices.values()
+            ],
+            "tasks": {k: vars(v) for k, v in self.tasks.items()},
+            "counters": vars(self.counters),
+            "recent_commands": self.executor.last_results,
+        }
+
+    async def op_points(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Live value, quality and time of every point (optionally of one device)."""
+        want = req.get("device")
+        if want is not None and want not in self.devices:
+            raise KeyError(f"unknown device {want!r}")
+        rows = []
+        for d in self.devices.values():
+            if want is not None and d.config.id != want:
+                continue
+            for ps in d.points.values():
+                rows.append(
+                    {
+                        "device": d.config.id,
+                        "point": ps.config.id,
+                        "value": ps.value,
+                        "unit": ps.config.unit,
+                        "quality": ps.quality.value if ps.quality else None,
+                        "ts_ms": ps.ts_ms or None,
+                        "writable": ps.config.writable,
+                        "error": ps.error,
+                    }
+                )
+        return {"points": rows}
+
+    # -- the whole daemon ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        server = await control.serve(
+            self.config.socket_path, {"status": self.op_status, "points": self.op_points}
+        )
+        log.info(
+            "citynerve-edge %s: gateway %s, %d buses, %d devices, control socket %s",
+            SOFTWARE_VERSION,
+            self.config.gateway.id,
+            len(self.pollers),
+            len(self.devices),
+            self.config.socket_path,
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for bus_id, poller in self.pollers.items():
+                    tg.create_task(
+                        self.supervise(f"poller-{bus_id}", poller.run, self._mark_bus_failed(bus_id)),
+                        name=f"poller-{bus_id}",
+                    )
+                tg.create_task(self.supervise("uplink", self.uplink.run), name="uplink")
+                tg.create_task(self.supervise("commands", self.executor.run), name="commands")
+                tg.create_task(self._watchdog(), name="watchdog")
+        finally:
+            server.close()
+            await server.wait_closed()
+            self.config.socket_path.unlink(missing_ok=True)
+
+    async def _watchdog(self) -> None:
+        # Ready once the config is valid and the pollers have opened their buses; not gated on
+        # the broker, because the street must run while the network is down.
+        await asyncio.sleep(0.2)
+        systemd.notify("READY=1\nSTATUS=polling")
+        interval = systemd.watchdog_interval()
+        while True:
+            await asyncio.sleep(interval or 3600)
+            if interval and self.healthy():
+                systemd.notify("WATCHDOG=1")
+
+
+async def run(config: EdgeConfig) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    edge = Edge(config)
+    try:
+        await edge.run()
+    except asyncio.CancelledError:
+        log.info("stopping on signal")
+        systemd.notify("STOPPING=1")

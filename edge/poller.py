@@ -1,0 +1,248 @@
+"""One poller per bus: owns the driver, reads due points, reports by exception, runs writes.
+
+Writes (commands) jump ahead of polling: the queue is checked before every device read.
+A device that stops answering is marked ``comm_error`` once and retried with backoff; it never
+stops the poller or its neighbours on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from drivers import BusConfigBase, BusDriver, DeviceConfigBase, DriverError, PointConfigBase
+from wire import Quality, Value
+
+from .backoff import Backoff
+from .outbox import Outbox
+from .state import DeviceState, Health, PointState, now_ms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _WriteRequest:
+    device: DeviceState
+    point: PointConfigBase
+    value: Value
+    done: asyncio.Future[Value] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass
+class _Group:
+    """Points of one device that share a poll interval."""
+
+    device: DeviceState
+    points: tuple[PointConfigBase, ...]
+    interval: float
+    due: float = 0.0
+
+
+def _changed(ps: PointState, value: Value, quality: Quality, deadband: float) -> bool:
+    if quality != ps.reported_quality:
+        return True
+    if value is None or ps.reported_value is None:
+        return value is not ps.reported_value
+    if isinstance(value, bool) or isinstance(ps.reported_value, bool):
+        return value != ps.reported_value
+    if deadband <= 0:
+        return value != ps.reported_value
+    return abs(float(value) - float(ps.reported_value)) > deadband
+
+
+class BusPoller:
+    """Polls the devices of one bus through its driver and queues their samples."""
+
+    def __init__(
+        self,
+        bus: BusConfigBase,
+        devices: Sequence[DeviceState],
+        driver_factory: Callable[[], BusDriver],
+        outbox: Outbox,
+        full_report_s: float,
+        retry_cap_s: float = 30.0,
+    ) -> None:
+        self.bus = bus
+        self.devices = list(devices)
+        self._driver_factory = driver_factory
+        self.outbox = outbox
+        self.full_report_s = full_report_s
+        self.retry_cap_s = retry_cap_s
+        self._writes: asyncio.Queue[_WriteRequest] = asyncio.Queue(maxsize=1000)
+        self._wake = asyncio.Event()
+        self._backoff: dict[str, Backoff] = {d.config.id: Backoff(0.5, retry_cap_s) for d in self.devices}
+        self._groups = self._make_groups()
+        self.running = False
+        self.reads_total = 0
+        self.points_read = 0
+
+    def _make_groups(self) -> list[_Group]:
+        groups = []
+        for dev in self.devices:
+            by_interval: dict[float, list[PointConfigBase]] = {}
+            for p in dev.config.points:
+                by_interval.setdefault(p.interval_s, []).append(p)
+            for interval, points in sorted(by_interval.items()):
+                groups.append(_Group(dev, tuple(points), interval))
+        return groups
+
+    async def write(self, device: DeviceState, point: PointConfigBase, value: Value) -> Value:
+        """Queue a write ahead of polling and wait for its read-back value."""
+        req = _WriteRequest(device, point, value)
+        self._writes.put_nowait(req)
+        self._wake.set()
+        return await req.done
+
+    async def run(self) -> None:
+        """Poll forever; returns only by cancellation. Driver errors never escape."""
+        driver = self._driver_factory()
+        async with driver:
+            self.running = True
+            try:
+                await self._loop(driver)
+            finally:
+                self.running = False
+                self._fail_pending_writes()
+
+    def _fail_pending_writes(self) -> None:
+        while not self._writes.empty():
+            req = self._writes.get_nowait()
+            if not req.done.done():
+                req.done.set_exception(DriverError(f"bus {self.bus.id} poller stopped"))
+
+    async def _loop(self, driver: BusDriver) -> None:
+        for g in self._groups:
+            g.due = time.monotonic()
+        while True:
+            await self._run_writes(driver)
+            now = time.monotonic()
+            next_due = math.inf
+            for g in self._groups:
+                dev = g.device
+                if dev.retry_at > now:
+                    next_due = min(next_due, dev.retry_at)
+                    continue
+                if g.due <= now:
+                    await self._poll(driver, g)
+                    await self._run_writes(driver)
+                    now = time.monotonic()
+                    # Keep the cadence, but do not try to catch up on missed cycles.
+                    g.due = max(g.due + g.interval, now)
+                next_due = min(next_due, g.due if dev.retry_at <= now else dev.retry_at)
+            delay = max(0.0, next_due - time.monotonic()) if next_due != math.inf else 1.0
+            if delay > 0:
+                self._wake.clear()
+                if self._writes.empty():
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                    except TimeoutError:
+                        pass
+
+    async def _run_writes(self, driver: BusDriver) -> None:
+        while not self._writes.empty():
+            req = self._writes.get_nowait()
+            if req.done.cancelled():
+                continue
+            try:
+                value = await driver.write(req.device.config, req.point, req.value)
+            except DriverError as err:
+                req.done.set_exception(err)
+                continue
+            except Exception as err:  # a driver bug must not leave the command hanging
+                req.done.set_exception(DriverError(f"driver error: {type(err).__name__}: {err}"))
+                raise
+            req.done.set_result(value)
+            ps = req.device.points[req.point.id]
+            self._record(req.device, ps, value, Quality.GOOD, "", now_ms(), force=True)
+
+    async def _poll(self, driver: BusDriver, group: _Group) -> None:
+        dev = group.device
+        dev.polls_total += 1
+        try:
+            readings = await driver.read(dev.config, group.points)
+        except DriverError as err:
+            self._device_failed(dev, err)
+            return
+        ts = now_ms()
+        self.reads_total += 1
+        self.points_read += len(readings)
+        if dev.health != Health.OK:
+            if dev.health == Health.COMM_ERROR:
+                log.info(
+                    "device %s on bus %s recovered after %d failed polls",
+                    dev.config.id,
+                    self.bus.id,
+                    dev.failures,
+                )
+            dev.health = Health.OK
+            dev.last_error = ""
+            dev.failures = 0
+            self._backoff[dev.config.id].reset()
+        dev.last_ok_ms = ts
+        points = dev.points
+        for r in readings:
+            self._record(dev, points[r.point], r.value, r.quality, r.error, ts)
+
+    def _device_failed(self, dev: DeviceState, err: DriverError) -> None:
+        dev.failures += 1
+        dev.errors_total += 1
+        dev.last_error = f"{type(err).__name__}: {err}"
+        delay = self._backoff[dev.config.id].next()
+        dev.retry_at = time.monotonic() + delay
+        if dev.health != Health.COMM_ERROR:
+            log.warning(
+                "device %s on bus %s not answering (%s); retrying with backoff up to %.0fs",
+                dev.config.id,
+                self.bus.id,
+                dev.last_error,
+                self.retry_cap_s,
+            )
+            dev.health = Health.COMM_ERROR
+        ts = now_ms()
+        for ps in dev.points.values():
+            self._record(dev, ps, None, Quality.COMM_ERROR, dev.last_error, ts)
+
+    def _record(
+        self,
+        dev: DeviceState,
+        ps: PointState,
+        value: Value,
+        quality: Quality,
+        error: str,
+        ts: int,
+        *,
+        force: bool = False,
+    ) -> None:
+        if quality != Quality.GOOD and quality != Quality.OUT_OF_RANGE:
+            # Keep the last good value for display; the quality says it is not current.
+            value = None
+        ps.quality = quality
+        ps.error = error
+        ps.ts_ms = ts
+        if value is not None:
+            ps.value = value
+        mono = time.monotonic()
+        if (
+            force
+            or _changed(ps, value, quality, ps.config.deadband)
+            or mono - ps.reported_at >= self.full_report_s
+        ):
+            ps.reported_value = value
+            ps.reported_quality = quality
+            ps.reported_at = mono
+            self.outbox.add_sample((dev.config.id, ps.config.id, ts, value, quality.value))
+
+
+def device_for(devices: Sequence[DeviceState], device_id: str) -> DeviceState | None:
+    """Find a device state by id."""
+    for d in devices:
+        if d.config.id == device_id:
+            return d
+    return None
+
+
+__all__ = ["BusPoller", "DeviceConfigBase", "device_for"]
