@@ -110,7 +110,9 @@ class City:
                 f"password_file {pwfile}\n"
                 f"acl_file {acl}\n"
                 "persistence false\n"
-                "max_queued_messages 1000000\n"
+                # As root, Mosquitto would drop to user "mosquitto", who cannot read these files.
+                + ("user root\n" if os.geteuid() == 0 else "")
+                + "max_queued_messages 1000000\n"
                 "max_inflight_messages 200\n"
             )
             proc = self.spawn("mosquitto", [mosq, "-c", str(conf)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -64,6 +65,9 @@ class Mosquitto:
             "log_type error",
             "log_type warning",
         ]
+        if os.geteuid() == 0:
+            # Run as root, Mosquitto drops to user "mosquitto", who cannot read our tmp files.
+            lines.append("user root")
         if self.users:
             pwfile = self.workdir / "passwd"
             pwfile.write_text("")
@@ -87,7 +91,12 @@ class Mosquitto:
         self.proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT
         )
-        wait_port(self.host, self.port)
+        try:
+            wait_port(self.host, self.port)
+        except TimeoutError:
+            self.stop()
+            log = (self.workdir / "mosquitto.log").read_text(errors="replace")
+            raise RuntimeError(f"mosquitto did not start: {log[-2000:]}") from None
         return self
 
     def stop(self) -> None:
