@@ -1,0 +1,228 @@
+"""The ingest writer: drains the bounded queue in batches and stores them.
+
+One task, the only writer of the registry. Per batch: control messages (status, birth, ack)
+are applied in arrival order; data and events go into one transaction whose first step claims
+their ``(gateway, seq)`` keys, so a redelivered message is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from wire import (
+    Data,
+    Event,
+    Kind,
+    Topics,
+    WireError,
+    decode_ack,
+    decode_birth,
+    decode_data,
+    decode_event,
+    decode_status,
+)
+
+from .commands import record_ack
+from .config import IngestSettings
+from .counters import Counters
+from .mqtt import Incoming, MqttLink
+from .registry import GatewayState, PointState, Registry
+from .storage import QUALITY_CODE, EventRow, SampleRow, Storage
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Pending:
+    """Data and events of one batch, waiting for their transaction."""
+
+    rows: list[tuple[GatewayState, int, list[SampleRow]]] = field(default_factory=list)
+    events: list[tuple[GatewayState, Event]] = field(default_factory=list)
+    touched: dict[int, PointState] = field(default_factory=dict)
+    samples: int = 0
+
+
+class IngestWriter:
+    """Consumes ``Incoming`` messages and writes them through registry and storage."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        topics: Topics,
+        queue: asyncio.Queue[Incoming],
+        link: MqttLink,
+        storage: Storage,
+        registry: Registry,
+        counters: Counters,
+    ) -> None:
+        self._s = settings
+        self._topics = topics
+        self._queue = queue
+        self._link = link
+        self._storage = storage
+        self._registry = registry
+        self._counters = counters
+        self.batches = 0
+
+    async def run(self) -> None:
+        """Batch, store, acknowledge; forever."""
+        q = self._queue
+        interval = self._s.batch_interval_ms / 1000
+        last_flush = 0.0
+        while True:
+            batch = [await q.get()]
+            self._drain(batch)
+            wait = last_flush + interval - time.monotonic()
+            if wait > 0 and len(batch) < q.maxsize:
+                # Group commit: at most one transaction per interval under light load.
+                await asyncio.sleep(wait)
+                self._drain(batch)
+            try:
+                await self.process(batch)
+            except Exception:
+                # Not acked: the broker redelivers on the next connection; ingest is idempotent.
+                self._counters.inc("errors.store")
+                log.exception("storing a batch of %d messages failed", len(batch))
+            else:
+                self._link.ack(batch)
+            last_flush = time.monotonic()
+
+    def _drain(self, batch: list[Incoming]) -> None:
+        # Everything queued (at most queue_max messages); process() cuts it into transactions
+        # of at most batch_max_samples samples.
+        q = self._queue
+        while not q.empty():
+            batch.append(q.get_nowait())
+
+    async def process(self, batch: list[Incoming]) -> None:
+        """Apply one batch of messages."""
+        pending = _Pending()
+        count = self._counters.inc
+        for m in batch:
+            try:
+                gw_name, kind = self._topics.parse(m.topic)
+            except WireError as err:
+                count("malformed.topic")
+                log.warning("dropped a message on unexpected topic %s: %s", m.topic, err)
+                continue
+            count(f"received.{kind.value}")
+            try:
+                await self._one(gw_name, kind, m.payload, pending)
+            except WireError as err:
+                count(f"malformed.{kind.value}")
+                log.warning("gateway %s: dropped malformed %s on %s: %s",
+                            gw_name, kind.value, m.topic, err)
+            if pending.samples >= self._s.batch_max_samples:
+                await self._store(pending)
+                pending = _Pending()
+        if pending.rows or pending.events:
+            await self._store(pending)
+        self.batches += 1
+
+    async def _one(self, gw_name: str, kind: Kind, payload: bytes, pending: _Pending) -> None:
+        reg = self._registry
+        if kind is Kind.DATA:
+            data = decode_data(payload)
+            gw = await reg.gateway(gw_name)
+            await self._rows(gw, data, pending)
+        elif kind is Kind.EVENT:
+            ev = decode_event(payload)
+            pending.events.append((await reg.gateway(gw_name), ev))
+        elif kind is Kind.STATUS:
+            st = decode_status(payload)
+            await reg.set_status(await reg.gateway(gw_name), st.online, st.session, now_ms())
+            self._counters.inc("stored.status")
+        elif kind is Kind.BIRTH:
+            birth = decode_birth(payload)
+            await reg.apply_birth(await reg.gateway(gw_name), birth, now_ms())
+            self._counters.inc("stored.birth")
+        elif kind is Kind.ACK:
+            ack = decode_ack(payload)
+            await record_ack(self._storage, self._counters, await reg.gateway(gw_name), ack)
+        else:
+            self._counters.inc(f"ignored.{kind.value}")
+
+    async def _rows(self, gw: GatewayState, data: Data, pending: _Pending) -> None:
+        """Map samples to point ids and update live state (newest timestamp wins)."""
+        devices = self._registry.devices
+        codes = QUALITY_CODE
+        touched = pending.touched
+        rows: list[SampleRow] = []
+        append = rows.append
+        dev_name = None
+        points: dict[str, PointState] = {}
+        for dev, pt_name, ts, v, q in data.samples:
+            if dev != dev_name:
+                d = devices.get(dev)
+                if d is not None and d.gateway_id != gw.id:
+                    self._counters.inc("conflict.sample")
+                    dev_name, points = None, {}
+                    continue
+                dev_name, points = dev, (d.points if d is not None else {})
+            pt = points.get(pt_name)
+            if pt is None:
+                pt = await self._registry.undeclared_point(gw, dev, pt_name, v)
+                dev_name = None  # the device may be new: look it up again
+                if pt is None:
+                    self._counters.inc("conflict.sample")
+                    continue
+            value = v if v.__class__ is float or v is None else float(v)  # type: ignore[arg-type]
+            code = codes[q]
+            append((pt.id, ts, value, code))
+            if pt.ts_ms is None or ts >= pt.ts_ms:
+                pt.value, pt.ts_ms, pt.quality = value, ts, code
+                touched[pt.id] = pt
+        pending.rows.append((gw, data.seq, rows))
+        pending.samples += len(rows)
+
+    async def _store(self, p: _Pending) -> None:
+        """One transaction: claim message keys, insert what is new, write latest values."""
+        seqs: dict[int, list[int]] = {}
+        for gw, seq, _ in p.rows:
+            seqs.setdefault(gw.id, []).append(seq)
+        for gw, ev in p.events:
+            seqs.setdefault(gw.id, []).append(ev.seq)
+        count = self._counters.inc
+        async with self._storage.ingest_tx() as tx:
+            fresh = {gid: await tx.claim(gid, s) for gid, s in seqs.items()}
+            samples: list[SampleRow] = []
+            stored = dup = 0
+            for gw, seq, rows in p.rows:
+                new = fresh[gw.id]
+                if seq in new:
+                    new.discard(seq)
+                    samples.extend(rows)
+                    stored += 1
+                else:
+                    dup += 1
+            events: list[EventRow] = []
+            dup_ev = 0
+            for gw, ev in p.events:
+                new = fresh[gw.id]
+                if ev.seq in new:
+                    new.discard(ev.seq)
+                    events.append(EventRow(gw.id, ev.seq, ev.ts_ms, ev.device, ev.kind, ev.active,
+                                           ev.severity, ev.point, ev.detail))
+                else:
+                    dup_ev += 1
+            await tx.insert_samples(samples)
+            await tx.insert_events(events)
+            await tx.update_latest(
+                [(pt.value, pt.ts_ms, pt.quality, pt.id) for pt in p.touched.values()]  # type: ignore[misc]
+            )
+        for gw, seq, _ in p.rows:
+            if gw.last_seq is None or seq > gw.last_seq:
+                gw.last_seq = seq
+        count("stored.data", stored)
+        count("stored.samples", len(samples))
+        count("duplicate.data", dup)
+        count("stored.event", len(events))
+        count("duplicate.event", dup_ev)

@@ -1,0 +1,44 @@
+"""Hand-written DDL and SQL of the two hot tables, per dialect (only SQLite for now).
+
+``sample`` is a rowid table without a surrogate key: one row per sample, integer columns only,
+one index for history by ``(point_id, ts_ms)``. ``ingested_msg`` is a WITHOUT ROWID table whose
+primary key ``(gateway_id, seq)`` is the idempotency key of every data and event message.
+"""
+
+from __future__ import annotations
+
+SQLITE_DDL = """
+CREATE TABLE IF NOT EXISTS sample (
+    point_id INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    value REAL,
+    quality SMALLINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sample_point_ts ON sample (point_id, ts_ms);
+CREATE TABLE IF NOT EXISTS ingested_msg (
+    gateway_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (gateway_id, seq)
+) WITHOUT ROWID;
+"""
+
+SQLITE = {
+    "existing_seqs": (
+        "SELECT seq FROM ingested_msg WHERE gateway_id = ? AND seq BETWEEN ? AND ?"
+    ),
+    "insert_keys": "INSERT OR IGNORE INTO ingested_msg (gateway_id, seq) VALUES (?, ?)",
+    "insert_samples": "INSERT INTO sample (point_id, ts_ms, value, quality) VALUES (?, ?, ?, ?)",
+    "update_latest": "UPDATE point SET value = ?, ts_ms = ?, quality = ? WHERE id = ?",
+    "update_gateway_seq": (
+        "UPDATE gateway SET last_seq = max(coalesce(last_seq, -1), ?) WHERE id = ?"
+    ),
+    "history_desc": (
+        "SELECT ts_ms, value, quality FROM sample WHERE point_id = ? AND ts_ms >= ? AND ts_ms < ?"
+        " ORDER BY ts_ms DESC LIMIT ?"
+    ),
+    "history_asc": (
+        "SELECT ts_ms, value, quality FROM sample WHERE point_id = ? AND ts_ms >= ? AND ts_ms < ?"
+        " ORDER BY ts_ms ASC LIMIT ?"
+    ),
+    "count_samples": "SELECT count(*) AS n FROM sample",
+}
