@@ -1,0 +1,1 @@
+"""Simulated field devices speaking the real protocols; never imports our other packages."""

@@ -1,0 +1,79 @@
+"""``citynerve-sim``: run simulated field devices from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, one subcommand per protocol."""
+    parser = argparse.ArgumentParser(prog="citynerve-sim", description=__doc__)
+    sub = parser.add_subparsers(dest="protocol", required=True)
+    mb = sub.add_parser("modbus", help="a lamp-cabinet controller over Modbus TCP or RTU")
+    mb.add_argument("--host", default="127.0.0.1", help="TCP address to listen on")
+    mb.add_argument("--port", type=int, default=5020, help="TCP port (0: any free port)")
+    mb.add_argument("--lamps", type=int, default=8, help="number of lamps")
+    mb.add_argument("--unit", type=int, default=1, help="Modbus unit id (1..247)")
+    mb.add_argument("--rated-w", type=float, default=60.0, help="rated power per lamp, W")
+    mb.add_argument("--delay-ms", type=float, default=None, help="response delay per request")
+    mb.add_argument("--control-port", type=int, default=None, help="serve the JSON control API")
+    rtu = mb.add_mutually_exclusive_group()
+    rtu.add_argument("--rtu", metavar="SERIAL_PORT", help="serve RTU on this serial port")
+    rtu.add_argument("--rtu-pty", action="store_true", help="serve RTU on a new pty pair")
+    mb.add_argument("--baudrate", type=int, default=9600)
+    mb.add_argument(
+        "--parity", choices=["N", "E", "O"], default=None, help="serial parity (default E; N with --rtu-pty)"
+    )
+    mb.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
+    return parser
+
+
+async def run_modbus(args: argparse.Namespace) -> int:
+    """Serve one cabinet until SIGTERM or SIGINT."""
+    from .modbus import CabinetSim, ControlServer
+
+    sim = CabinetSim(
+        args.lamps,
+        host=args.host,
+        port=args.port,
+        unit=args.unit,
+        rated_w=args.rated_w,
+        delay_s=None if args.delay_ms is None else args.delay_ms / 1000.0,
+        rtu=args.rtu,
+        rtu_pty=args.rtu_pty,
+        baudrate=args.baudrate,
+        parity=args.parity,
+        stopbits=args.stopbits,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(sim)
+        line = f"modbus-sim ready {sim.describe()} unit={sim.unit} lamps={args.lamps}"
+        if args.control_port is not None:
+            control = await stack.enter_async_context(ControlServer(sim, args.host, args.control_port))
+            line += f" control={control.url}"
+        print(line, flush=True)
+        await stop.wait()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``citynerve-sim``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(run_modbus(args))
+    except (OSError, ValueError) as err:
+        print(f"citynerve-sim: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
