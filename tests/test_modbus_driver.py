@@ -189,8 +189,8 @@ async def test_failed_lamp_and_door_are_read(sim: CabinetSim) -> None:
     sim.set_door(True)
     points = [
         pt("door", "discrete", 0),
-        pt("fail5", "discrete", 105),
-        pt("fail4", "discrete", 104),
+        pt("fail5", "discrete", 150),
+        pt("fail4", "discrete", 140),
         pt("level5", "input", 150),
     ]
     device = dev(*points)

@@ -76,8 +76,9 @@ async def test_setpoint_write_and_illegal_value(sim: CabinetSim, client: AsyncMo
 async def test_contactor_failure_and_door(sim: CabinetSim, client: AsyncModbusTcpClient) -> None:
     sim.fail_lamp(2)
     sim.set_door(True)
-    bits = (await client.read_discrete_inputs(100, count=4, device_id=1)).bits
-    assert bits[:4] == [False, False, True, False]
+    bits = (await client.read_discrete_inputs(100, count=31, device_id=1)).bits
+    assert [bits[10 * n] for n in range(4)] == [False, False, True, False]
+    assert not any(b for i, b in enumerate(bits[:31]) if i % 10)  # reserved offsets read false
     assert (await client.read_discrete_inputs(0, count=1, device_id=1)).bits[0] is True
     assert (await client.read_input_registers(120, count=2, device_id=1)).registers == [0, 0]
     await client.write_coil(0, False, device_id=1)
@@ -167,7 +168,7 @@ async def test_control_port(sim: CabinetSim, client: AsyncModbusTcpClient) -> No
             state = await resp.json()
         assert state["fault"] == {"mode": "exception", "code": 6}
         assert state["lamps"][3]["failed"] is True
-        assert state["registers"]["discrete"]["103"] is True
+        assert state["registers"]["discrete"]["130"] is True
         assert state["registers"]["input"]["130"] == 0
         assert state["registers"]["holding"]["100"] == 100
         async with http.post("/clear") as resp:

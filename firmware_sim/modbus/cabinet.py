@@ -23,7 +23,7 @@ KINDS: tuple[RegisterKind, ...] = ("coil", "discrete", "holding", "input")
 ILLEGAL_ADDRESS = 2
 ILLEGAL_VALUE = 3
 
-LAMP_BASE = 100  # holding/input 100 + 10n, discrete 100 + n
+LAMP_BASE = 100  # holding/input/discrete 100 + 10n: each lamp owns a 10-address slot in every table
 LAMP_STRIDE = 10
 SCRATCH_BASE = 1000  # holding and coils 1000.. : a free test area for every data type
 NOMINAL_DECIVOLTS = 2300
@@ -139,8 +139,10 @@ class Cabinet:
     def _discrete(self, address: int) -> bool | None:
         if address == 0:
             return self.door_open
-        n = address - LAMP_BASE
-        return self.lamps[n].failed if 0 <= n < len(self.lamps) else None
+        slot = self._lamp_slot(address)
+        if slot is None:
+            return None
+        return self.lamps[slot[0]].failed if slot[1] == 0 else False  # reserved: reads false
 
     def _coil(self, address: int) -> bool | None:
         if address == 0:
@@ -212,7 +214,7 @@ class Cabinet:
         self.advance()
         mapped: dict[str, list[int]] = {
             "coil": [0, *range(SCRATCH_BASE, SCRATCH_BASE + len(self.coil_scratch))],
-            "discrete": [0, *range(LAMP_BASE, LAMP_BASE + len(self.lamps))],
+            "discrete": [0, *(LAMP_BASE + LAMP_STRIDE * n for n in range(len(self.lamps)))],
             "holding": [
                 *(LAMP_BASE + LAMP_STRIDE * n for n in range(len(self.lamps))),
                 *range(SCRATCH_BASE, SCRATCH_BASE + len(self.holding_scratch)),
