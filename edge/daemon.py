@@ -8,6 +8,7 @@ cancellation (SIGTERM) ends the daemon.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -58,7 +59,7 @@ class Edge:
             self.pollers[bus.id] = BusPoller(
                 bus,
                 [self.devices[d.id] for d in devs],
-                lambda spec=spec, bus=bus, devs=devs: spec.factory(bus, devs),
+                functools.partial(spec.factory, bus, devs),
                 self.outbox,
                 self.config.publish.full_report_s,
             )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from drivers import BusConfigBase, BusDriver, DeviceConfigBase, DriverError, PointConfigBase
 from wire import Quality, Value
@@ -117,30 +117,51 @@ class BusPoller:
     async def _loop(self, driver: BusDriver) -> None:
         for g in self._groups:
             g.due = time.monotonic()
+        read_many = getattr(driver, "read_many", None)
         while True:
             await self._run_writes(driver)
             now = time.monotonic()
-            next_due = math.inf
-            for g in self._groups:
-                dev = g.device
-                if dev.retry_at > now:
-                    next_due = min(next_due, dev.retry_at)
-                    continue
-                if g.due <= now:
-                    await self._poll(driver, g)
-                    await self._run_writes(driver)
-                    now = time.monotonic()
+            due = [g for g in self._groups if g.due <= now and g.device.retry_at <= now]
+            if due:
+                if read_many is not None:
+                    await self._poll_many(read_many, due)
+                else:
+                    for g in due:
+                        await self._poll(driver, g)
+                        await self._run_writes(driver)
+                now = time.monotonic()
+                for g in due:
                     # Keep the cadence, but do not try to catch up on missed cycles.
                     g.due = max(g.due + g.interval, now)
-                next_due = min(next_due, g.due if dev.retry_at <= now else dev.retry_at)
-            delay = max(0.0, next_due - time.monotonic()) if next_due != math.inf else 1.0
-            if delay > 0:
+                continue
+            next_due = min((max(g.due, g.device.retry_at) for g in self._groups), default=now + 1.0)
+            delay = next_due - now
+            if delay > 0 and self._writes.empty():
                 self._wake.clear()
-                if self._writes.empty():
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), delay)
-                    except TimeoutError:
-                        pass
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+
+    async def _poll_many(self, read_many: Any, due: list[_Group]) -> None:
+        """One batched read of every due group (devices sharing an address share requests)."""
+        results = await read_many([(g.device.config, g.points) for g in due])
+        ts = now_ms()
+        failed: set[str] = set()
+        for g, result in zip(due, results, strict=True):
+            dev = g.device
+            dev.polls_total += 1
+            if isinstance(result, DriverError):
+                if dev.config.id not in failed:
+                    failed.add(dev.config.id)
+                    self._device_failed(dev, result)
+                continue
+            self._device_ok(dev, ts)
+            self.reads_total += 1
+            self.points_read += len(result)
+            points = dev.points
+            for r in result:
+                self._record(dev, points[r.point], r.value, r.quality, r.error, ts)
 
     async def _run_writes(self, driver: BusDriver) -> None:
         while not self._writes.empty():
@@ -170,6 +191,12 @@ class BusPoller:
         ts = now_ms()
         self.reads_total += 1
         self.points_read += len(readings)
+        self._device_ok(dev, ts)
+        points = dev.points
+        for r in readings:
+            self._record(dev, points[r.point], r.value, r.quality, r.error, ts)
+
+    def _device_ok(self, dev: DeviceState, ts: int) -> None:
         if dev.health != Health.OK:
             if dev.health == Health.COMM_ERROR:
                 log.info(
@@ -183,9 +210,6 @@ class BusPoller:
             dev.failures = 0
             self._backoff[dev.config.id].reset()
         dev.last_ok_ms = ts
-        points = dev.points
-        for r in readings:
-            self._record(dev, points[r.point], r.value, r.quality, r.error, ts)
 
     def _device_failed(self, dev: DeviceState, err: DriverError) -> None:
         dev.failures += 1

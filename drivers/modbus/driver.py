@@ -52,6 +52,7 @@ class ModbusDriver:
         # (id(device), ids of points) -> (device, points, blocks); the refs keep the ids unique
         self._plans: dict[tuple[int, tuple[int, ...]], tuple[object, object, tuple[Block, ...]]] = {}
         self._failing: set[str] = set()  # devices whose last request failed
+        self._labels: dict[tuple[int, str], ModbusDeviceConfig] = {}
         self._rx_seen = False  # bytes arrived since the last request was sent
         self._gap_s = bus.inter_request_delay_ms / 1000.0
 
@@ -174,7 +175,12 @@ class ModbusDriver:
 
     # -- read ------------------------------------------------------------------------------
 
-    def _plan(self, device: ModbusDeviceConfig, points: Sequence[ModbusPointConfig]) -> tuple[Block, ...]:
+    def _plan(
+        self,
+        device: ModbusDeviceConfig,
+        points: Sequence[ModbusPointConfig],
+        members: Sequence[ModbusDeviceConfig] = (),
+    ) -> tuple[Block, ...]:
         key = (id(device), tuple(map(id, points)))
         cached = self._plans.get(key)
         if cached is not None:
@@ -188,7 +194,7 @@ class ModbusDriver:
         )
         if len(self._plans) >= _PLAN_CACHE_MAX:
             self._plans.clear()
-        self._plans[key] = (device, tuple(points), blocks)
+        self._plans[key] = ((device, *members), tuple(points), blocks)
         return blocks
 
     async def read(self, device: DeviceConfigBase, points: Sequence[PointConfigBase]) -> list[PointReading]:
@@ -198,6 +204,54 @@ class ModbusDriver:
         blocks = self._plan(dev, pts)
         async with self._lock:
             return await self._read_blocks(dev, blocks, len(pts))
+
+    async def read_many(
+        self, items: Sequence[tuple[DeviceConfigBase, Sequence[PointConfigBase]]]
+    ) -> list[list[PointReading] | DriverError]:
+        """Read several devices at once: devices that share a unit id share block requests.
+
+        A cabinet controller exposes its lamps as register slots of one unit; reading them
+        lamp by lamp would cost one request per lamp and register kind. The result has one
+        entry per item: its readings, or the error that made its unit unreadable.
+        """
+        results: list[list[PointReading] | DriverError] = [[] for _ in items]
+        by_unit: dict[int, list[int]] = {}
+        for i, (device, _) in enumerate(items):
+            by_unit.setdefault(_device(device).unit, []).append(i)
+        async with self._lock:
+            for unit, idxs in by_unit.items():
+                if len(idxs) == 1:
+                    dev = _device(items[idxs[0]][0])
+                    pts = _points(items[idxs[0]][1])
+                    try:
+                        results[idxs[0]] = await self._read_blocks(dev, self._plan(dev, pts), len(pts))
+                    except DriverError as err:
+                        results[idxs[0]] = err
+                    continue
+                devs = [_device(items[i][0]) for i in idxs]
+                allpts = [p for i in idxs for p in _points(items[i][1])]
+                label = self._unit_label(unit, devs)
+                try:
+                    readings = await self._read_blocks(label, self._plan(label, allpts, devs), len(allpts))
+                except DriverError as err:
+                    for i in idxs:
+                        results[i] = err
+                    continue
+                pos = 0
+                for i in idxs:
+                    n = len(items[i][1])
+                    results[i] = readings[pos : pos + n]
+                    pos += n
+        return results
+
+    def _unit_label(self, unit: int, devs: Sequence[ModbusDeviceConfig]) -> ModbusDeviceConfig:
+        """A stand-in device naming a unit shared by several devices, for errors and logs."""
+        name = f"unit {unit} ({devs[0].id} .. {devs[-1].id})"
+        label = self._labels.get((unit, name))
+        if label is None:
+            label = ModbusDeviceConfig.model_construct(id=name, bus=self.bus.id, unit=unit, points=())
+            self._labels[(unit, name)] = label
+        return label
 
     async def _read_blocks(
         self, dev: ModbusDeviceConfig, blocks: tuple[Block, ...], n: int
