@@ -36,6 +36,14 @@ class ConfigIssue:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
+class FieldError(ValueError):
+    """Raised by a model validator to blame a field below the model (e.g. ``("points", 3)``)."""
+
+    def __init__(self, loc: Sequence[str | int], message: str) -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)
+
+
 class ConfigError(Exception):
     """A config file that cannot be used; ``issues`` lists every problem found."""
 
@@ -127,7 +135,11 @@ def issues_from_validation(
                 continue
             loc.append(part)
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        located = (e.get("ctx") or {}).get("error")
+        if isinstance(located, FieldError):
+            loc.extend(located.loc)
+            msg = str(located)
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"

@@ -106,7 +106,7 @@ def _expand_templates(
     if not isinstance(devices, list):
         issues.append(ConfigIssue(filename, line_of(lines, ("devices",)), "devices", "must be a list"))
         return []
-    out = []
+    out: list[Any] = []
     for i, dev in enumerate(devices):
         if not isinstance(dev, dict) or "template" not in dev:
             out.append(dev)
@@ -125,6 +125,7 @@ def _expand_templates(
                     f"unknown template {name!r} (known: {known})",
                 )
             )
+            out.append(None)
             continue
         if not isinstance(offset, int) or isinstance(offset, bool):
             issues.append(
@@ -135,6 +136,7 @@ def _expand_templates(
                     "must be an integer",
                 )
             )
+            out.append(None)
             continue
         tpl = templates[name]
         if not isinstance(tpl, dict):
@@ -245,9 +247,24 @@ def build(data: dict[str, Any], filename: str, lines: dict[Loc, int]) -> EdgeCon
     seen_devices: dict[str, int] = {}
     for i, raw in enumerate(_expand_templates(data, filename, lines, issues)):
         loc = ("devices", i)
+        if raw is None:  # its template could not be applied; already reported
+            continue
         if not isinstance(raw, dict):
             issues.append(ConfigIssue(filename, line_of(lines, loc), format_loc(loc), "must be a mapping"))
             continue
+        raw_id = raw.get("id")
+        if isinstance(raw_id, str):
+            if raw_id in seen_devices:
+                issues.append(
+                    ConfigIssue(
+                        filename,
+                        line_of(lines, (*loc, "id")),
+                        format_loc((*loc, "id")),
+                        f"duplicate device id {raw_id!r} (first at devices[{seen_devices[raw_id]}])",
+                    )
+                )
+                continue
+            seen_devices[raw_id] = i
         bus_id = raw.get("bus")
         if bus_id not in bus_driver:
             known = ", ".join(sorted(bus_driver)) or "none defined"
@@ -267,16 +284,6 @@ def build(data: dict[str, Any], filename: str, lines: dict[Loc, int]) -> EdgeCon
         except ValidationError as err:
             issues += issues_from_validation(err, filename, lines, loc)
             continue
-        if dev.id in seen_devices:
-            issues.append(
-                ConfigIssue(
-                    filename,
-                    line_of(lines, (*loc, "id")),
-                    format_loc((*loc, "id")),
-                    f"duplicate device id {dev.id!r} (first at devices[{seen_devices[dev.id]}])",
-                )
-            )
-            continue
         point_ids: dict[str, int] = {}
         dup = False
         for j, p in enumerate(dev.points):
@@ -294,11 +301,10 @@ def build(data: dict[str, Any], filename: str, lines: dict[Loc, int]) -> EdgeCon
             point_ids[p.id] = j
         if dup:
             continue
-        seen_devices[dev.id] = i
         devices.append(dev)
 
     if issues or base is None:
-        raise ConfigError(issues)
+        raise ConfigError(sorted(issues, key=lambda i: (i.line or 0, i.path)))
     return base.model_copy(
         update={
             "buses": tuple(buses),

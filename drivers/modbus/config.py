@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal, Self
 
+from cnconfig import FieldError
 from pydantic import Field, model_validator
 
 from drivers.base import BusConfigBase, DeviceConfigBase, PointConfigBase
@@ -103,15 +104,21 @@ class ModbusPointConfig(PointConfigBase):
     def _consistent(self) -> Self:
         bits = self.register_kind in ("coil", "discrete")
         if bits and self.type != "bool":
-            raise ValueError(f"register {self.register_kind} holds bits: type must be bool, not {self.type}")
+            raise FieldError(
+                ("type",), f"register {self.register_kind} holds bits: type must be bool, not {self.type}"
+            )
         if not bits and self.type == "bool":
-            raise ValueError(f"type bool needs register coil or discrete, not {self.register_kind}")
+            raise FieldError(
+                ("type",), f"type bool needs register coil or discrete, not {self.register_kind}"
+            )
         if self.writable and self.register_kind not in ("coil", "holding"):
-            raise ValueError(f"register {self.register_kind} is read-only: writable needs coil or holding")
+            raise FieldError(
+                ("writable",), f"register {self.register_kind} is read-only: writable needs coil or holding"
+            )
         if self.address + WIDTH[self.type] - 1 > 65535:
-            raise ValueError(f"{self.type} at address {self.address} runs past 65535")
+            raise FieldError(("address",), f"{self.type} at address {self.address} runs past 65535")
         if self.type == "bool" and (self.scale != 1 or self.offset != 0):
-            raise ValueError("scale and offset do not apply to type bool")
+            raise FieldError(("type",), "scale and offset do not apply to type bool")
         if self.scale == 0 or not math.isfinite(self.scale) or not math.isfinite(self.offset):
             raise ValueError("scale must be finite and non-zero, offset finite")
         return self
@@ -132,16 +139,21 @@ class ModbusPointConfig(PointConfigBase):
 
 def overlaps(points: Sequence[ModbusPointConfig]) -> list[str]:
     """Descriptions of every pair of points sharing a register or bit (empty: none)."""
-    found: list[str] = []
-    by_kind: dict[str, list[ModbusPointConfig]] = {}
-    for p in points:
-        by_kind.setdefault(p.register_kind, []).append(p)
+    return [msg for _, msg in _overlaps(points)]
+
+
+def _overlaps(points: Sequence[ModbusPointConfig]) -> list[tuple[int, str]]:
+    """(index of the later point, description) of every overlapping pair."""
+    found: list[tuple[int, str]] = []
+    by_kind: dict[str, list[tuple[int, ModbusPointConfig]]] = {}
+    for i, p in enumerate(points):
+        by_kind.setdefault(p.register_kind, []).append((i, p))
     for kind, group in by_kind.items():
-        group.sort(key=lambda p: p.address)
+        group.sort(key=lambda ip: ip[1].address)
         reach: ModbusPointConfig | None = None  # the point reaching furthest so far
-        for p in group:
+        for i, p in group:
             if reach is not None and p.address <= reach.address + reach.width - 1:
-                found.append(f"points {reach.id!r} and {p.id!r} overlap at {kind} {p.address}")
+                found.append((i, f"points {reach.id!r} and {p.id!r} overlap at {kind} {p.address}"))
             if reach is None or p.address + p.width > reach.address + reach.width:
                 reach = p
     return found
@@ -155,6 +167,8 @@ class ModbusDeviceConfig(DeviceConfigBase):
 
     @model_validator(mode="after")
     def _no_overlaps(self) -> Self:
-        if problems := overlaps(self.points):
-            raise ValueError("; ".join(problems))
+        if problems := _overlaps(self.points):
+            # Blame the first overlapping point so the error carries its line in the file.
+            index = problems[0][0]
+            raise FieldError(("points", index), "; ".join(msg for _, msg in problems))
         return self
