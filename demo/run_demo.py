@@ -77,7 +77,7 @@ class City:
         """Start a child process with its output in ``<workdir>/logs/<name>.log``."""
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        out = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        out = open(logs / f"{name}.log", "wb")
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env or self.env, cwd=ROOT)
         self.procs.append((name, proc))
         return proc
@@ -116,7 +116,9 @@ class City:
                 "max_inflight_messages 200\n"
             )
             proc = self.spawn("mosquitto", [mosq, "-c", str(conf)])
-            self.broker = f"Mosquitto (per-gateway passwords and the shipped ACL) on 127.0.0.1:{self.mqtt_port}"
+            self.broker = (
+                f"Mosquitto (per-gateway passwords and the shipped ACL) on 127.0.0.1:{self.mqtt_port}"
+            )
         else:
             conf = broker_dir / "amqtt.yaml"
             conf.write_text(
@@ -176,7 +178,17 @@ class City:
         if "citynerve-hub" in self.passwords:
             env["CITYNERVE_HUB_MQTT_PASSWORD"] = self.passwords["citynerve-hub"]
         out = subprocess.run(
-            [str(BIN / "citynerve-hub"), "token", "create", "--config", str(conf), "--role", "operator", "--name", "demo-operator"],
+            [
+                str(BIN / "citynerve-hub"),
+                "token",
+                "create",
+                "--config",
+                str(conf),
+                "--role",
+                "operator",
+                "--name",
+                "demo-operator",
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -201,7 +213,13 @@ class City:
             conf.write_text(
                 (ROOT / "demo/edge-template.yaml")
                 .read_text()
-                .format(gateway=gw, mqtt_port=self.mqtt_port, data_dir=self.workdir / gw, sim_port=port, lamps=lamps)
+                .format(
+                    gateway=gw,
+                    mqtt_port=self.mqtt_port,
+                    data_dir=self.workdir / gw,
+                    sim_port=port,
+                    lamps=lamps,
+                )
             )
             env = dict(self.env)
             if gw in self.passwords:

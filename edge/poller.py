@@ -148,6 +148,7 @@ class BusPoller:
         results = await read_many([(g.device.config, g.points) for g in due])
         ts = now_ms()
         failed: set[str] = set()
+        retry_at = 0.0
         for g, result in zip(due, results, strict=True):
             dev = g.device
             dev.polls_total += 1
@@ -155,6 +156,10 @@ class BusPoller:
                 if dev.config.id not in failed:
                     failed.add(dev.config.id)
                     self._device_failed(dev, result)
+                    # Devices that failed together (one unit) are retried together, not each
+                    # at its own jittered time, which would multiply timeouts on the bus.
+                    retry_at = retry_at or dev.retry_at
+                    dev.retry_at = retry_at
                 continue
             self._device_ok(dev, ts)
             self.reads_total += 1

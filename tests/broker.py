@@ -87,7 +87,7 @@ class Mosquitto:
             aclfile.chmod(0o600)
             lines.append(f"acl_file {aclfile}")
         conf.write_text("\n".join(lines) + "\n")
-        self.log = open(self.workdir / "mosquitto.log", "wb")  # noqa: SIM115
+        self.log = open(self.workdir / "mosquitto.log", "wb")
         self.proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT
         )

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from broker import Mosquitto, free_port  # noqa: E402
+from broker import Mosquitto, free_port
 
 
 @pytest.fixture

@@ -47,7 +47,10 @@ EXAMPLES = [
         wire.decode_data,
         wire.Data(
             seq=2**40,
-            samples=[("L-0001", "level", 1_700_000_000_123, 40, "good"), ("L-0001", "power", 1, None, "comm_error")],
+            samples=[
+                ("L-0001", "level", 1_700_000_000_123, 40, "good"),
+                ("L-0001", "power", 1, None, "comm_error"),
+            ],
             historical=True,
         ),
     ),
@@ -59,7 +62,9 @@ EXAMPLES = [
     (
         wire.encode_command,
         wire.decode_command,
-        wire.Command(id="c1", device="L-1", point="level", value=40.5, expires_at_ms=10, priority=8, source="ops"),
+        wire.Command(
+            id="c1", device="L-1", point="level", value=40.5, expires_at_ms=10, priority=8, source="ops"
+        ),
     ),
     (
         wire.encode_ack,
@@ -121,7 +126,14 @@ def test_ack_with_unknown_status_is_rejected() -> None:
         wire.decode_ack(msgpack.packb({"v": 1, "id": "x", "status": "great"}))
 
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=5), st.binary(max_size=5))
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(),
+    st.text(max_size=5),
+    st.binary(max_size=5),
+)
 _msgpack_values = st.recursive(
     _scalars,
     lambda children: st.one_of(

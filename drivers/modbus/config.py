@@ -6,9 +6,9 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal, Self
 
-from cnconfig import FieldError
 from pydantic import Field, model_validator
 
+from cnconfig import FieldError
 from drivers.base import BusConfigBase, DeviceConfigBase, PointConfigBase
 from wire import PointType
 

@@ -149,7 +149,7 @@ class ModbusDriver:
             else:
                 error = DeviceUnavailable(
                     f"{device.id} (unit {device.unit}) on {b.describe()}: no answer to {what}"
-                    f" ({type(err).__name__}: {err})"
+                    f" ({type(err).__name__}{': ' + str(err) if str(err) else ''})"
                 )
             self._mark_failing(device, error)
             raise error from err
@@ -246,7 +246,7 @@ class ModbusDriver:
 
     def _unit_label(self, unit: int, devs: Sequence[ModbusDeviceConfig]) -> ModbusDeviceConfig:
         """A stand-in device naming a unit shared by several devices, for errors and logs."""
-        name = f"unit {unit} ({devs[0].id} .. {devs[-1].id})"
+        name = f"{devs[0].id} .. {devs[-1].id}"
         label = self._labels.get((unit, name))
         if label is None:
             label = ModbusDeviceConfig.model_construct(id=name, bus=self.bus.id, unit=unit, points=())
