@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--unit", type=int, default=1, help="Modbus unit id (1..247)")
     mb.add_argument("--rated-w", type=float, default=60.0, help="rated power per lamp, W")
     mb.add_argument("--delay-ms", type=float, default=None, help="response delay per request")
+    mb.add_argument(
+        "--churn", action="store_true", help="every register and bit changes on every read (benchmarks)"
+    )
     mb.add_argument("--control-port", type=int, default=None, help="serve the JSON control API")
     rtu = mb.add_mutually_exclusive_group()
     rtu.add_argument("--rtu", metavar="SERIAL_PORT", help="serve RTU on this serial port")
@@ -49,6 +52,7 @@ async def run_modbus(args: argparse.Namespace) -> int:
         baudrate=args.baudrate,
         parity=args.parity,
         stopbits=args.stopbits,
+        churn=args.churn,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -79,7 +79,11 @@ class MqttLink:
             "identifier": s.client_id,
             "keepalive": s.keepalive_s,
             "will": will,
-            "max_queued_incoming_messages": self._queue.maxsize,
+            # Unbounded on purpose: with manual acks a message aiomqtt discards is never acked,
+            # its Receive Maximum slot leaks and ingest stalls until a reconnect. Mosquitto 2.0.11
+            # (Debian 12) sends past Receive Maximum once acks flow, so the bound is the broker's
+            # flow control; run() warns when a broker overshoots it.
+            "max_queued_incoming_messages": 0,
             "logger": logging.getLogger("hub.mqtt.client"),
         }
         if self._v5:
@@ -134,10 +138,21 @@ class MqttLink:
                         )
                     failing = False
                     gen = self._generation
-                    async for m in client.messages:
+                    messages = client.messages
+                    window = self._queue.maxsize
+                    overshoot_warned = False
+                    async for m in messages:
                         await self._queue.put(
                             Incoming(str(m.topic), bytes(m.payload), m.mid, m.qos, gen)  # type: ignore[arg-type]
                         )
+                        if not overshoot_warned and len(messages) > window:
+                            overshoot_warned = True
+                            self._counters.inc("mqtt.receive_maximum_exceeded")
+                            log.warning(
+                                "broker %s:%d sends beyond Receive Maximum %d (%d messages "
+                                "waiting); buffering them (known Mosquitto 2.0.x behaviour)",
+                                self._s.host, self._s.port, window, len(messages) + window,
+                            )
             except aiomqtt.MqttCodeError as err:
                 if self._v5 and getattr(err.rc, "value", err.rc) in _UNSUPPORTED_PROTOCOL:
                     log.warning("broker refuses MQTT 5; falling back to MQTT 3.1.1")

@@ -161,18 +161,23 @@ class Registry:
                 )
                 continue
             values: dict[str, Any] = {"kind": d.kind, "driver": d.driver, "declared": True}
-            dev_id = await self._storage.upsert_device(d.id, gw.id, **values)
-            if dev is None:
-                dev = DeviceState(id=dev_id, name=d.id, gateway_id=gw.id)
-                self._add_device(dev)
-            dev.kind, dev.driver, dev.declared = d.kind, d.driver, True
+            # A birth is retained and redelivered on every (re)subscription of the hub: write
+            # only what changed, or a hub reconnect costs one upsert per point of the city.
+            if dev is None or (dev.kind, dev.driver, dev.declared) != (d.kind, d.driver, True):
+                dev_id = await self._storage.upsert_device(d.id, gw.id, **values)
+                if dev is None:
+                    dev = DeviceState(id=dev_id, name=d.id, gateway_id=gw.id)
+                    self._add_device(dev)
+                dev.kind, dev.driver, dev.declared = d.kind, d.driver, True
             for p in d.points:
                 pv: dict[str, Any] = {
                     "type": p.type.value, "unit": p.unit, "min": p.min, "max": p.max,
                     "writable": p.writable, "declared": True,
                 }
-                pid = await self._storage.upsert_point(dev.id, p.id, **pv)
                 pt = dev.points.get(p.id)
+                if pt is not None and all(getattr(pt, k) == v for k, v in pv.items()):
+                    continue
+                pid = await self._storage.upsert_point(dev.id, p.id, **pv)
                 if pt is None:
                     pt = dev.points[p.id] = PointState(id=pid, device_id=dev.id, name=p.id)
                 for k, v in pv.items():

@@ -55,6 +55,7 @@ class Cabinet:
         scratch: int = 16,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        churn: bool = False,
     ) -> None:
         if not 0 <= lamps <= MAX_LAMPS:
             raise ValueError(f"lamps must be 0..{MAX_LAMPS}, got {lamps}")
@@ -64,6 +65,9 @@ class Cabinet:
         self.door_open = False
         self.holding_scratch = [0] * scratch
         self.coil_scratch = [False] * scratch
+        # Benchmarks: every mapped register and bit answers a new value on every read.
+        self.churn = churn
+        self._reads = 0
         self._rng = random.Random(seed)
         self._clock = clock
         self._last = clock()
@@ -165,6 +169,13 @@ class Cabinet:
             if v is None:
                 return ILLEGAL_ADDRESS
             out.append(v)
+        if self.churn:
+            # Values stay in 0..99 (in range of a percent level) and differ from the last read.
+            self._reads += 1
+            t = self._reads
+            if kind in ("coil", "discrete"):
+                return [(t + a) & 1 == 1 for a in range(address, address + count)]
+            return [(t + a) % 100 for a in range(address, address + count)]
         return out  # type: ignore[return-value]
 
     def write(self, kind: RegisterKind, address: int, values: list[int] | list[bool]) -> int | None:

@@ -115,6 +115,7 @@ class CabinetSim:
         stopbits: int = 1,
         bytesize: int = 8,
         seed: int | None = None,
+        churn: bool = False,
     ) -> None:
         if rtu and rtu_pty:
             raise ValueError("give either rtu (a serial port) or rtu_pty, not both")
@@ -125,7 +126,7 @@ class CabinetSim:
             raise ValueError("a pty cannot carry parity: use parity 'N' with rtu_pty")
         if not 1 <= unit <= 247:
             raise ValueError(f"unit must be 1..247, got {unit}")
-        self.cabinet = Cabinet(lamps, rated_w=rated_w, scratch=scratch, seed=seed)
+        self.cabinet = Cabinet(lamps, rated_w=rated_w, scratch=scratch, seed=seed, churn=churn)
         self.unit = unit
         self.host = host
         self.port = port

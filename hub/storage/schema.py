@@ -26,6 +26,8 @@ SQLITE = {
     "existing_seqs": (
         "SELECT seq FROM ingested_msg WHERE gateway_id = ? AND seq BETWEEN ? AND ?"
     ),
+    # + " OR ".join("(gateway_id = ? AND seq BETWEEN ? AND ?)" per gateway)
+    "existing_keys": "SELECT gateway_id, seq FROM ingested_msg WHERE ",
     "insert_keys": "INSERT OR IGNORE INTO ingested_msg (gateway_id, seq) VALUES (?, ?)",
     "insert_samples": "INSERT INTO sample (point_id, ts_ms, value, quality) VALUES (?, ?, ?, ?)",
     "update_latest": "UPDATE point SET value = ?, ts_ms = ?, quality = ? WHERE id = ?",

@@ -7,7 +7,7 @@ The ORM serves the registry, events, commands and tokens. The hot ingest path go
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,9 @@ from . import schema
 from .models import ApiToken, CommandRecord, Device, EventRecord, Gateway, Point
 
 MODELS_MODULE = "hub.storage.models"
+
+# Gateways per key lookup: 3 parameters each, under SQLite's historic limit of 999.
+_CLAIM_CHUNK = 300
 
 # (point_id, ts_ms, value, quality_code)
 SampleRow = tuple[int, int, float | None, int]
@@ -71,19 +74,38 @@ class IngestTx:
 
     async def claim(self, gateway_id: int, seqs: Sequence[int]) -> set[int]:
         """Record message keys; return the seqs that were new (idempotent ingest)."""
-        if not seqs:
-            return set()
-        _, rows = await self._conn.execute_query(
-            self._sql["existing_seqs"], [gateway_id, min(seqs), max(seqs)]
-        )
-        seen = {r[0] for r in rows}
-        new = [s for s in dict.fromkeys(seqs) if s not in seen]
-        if new:
-            await self._conn.execute_many(self._sql["insert_keys"], [[gateway_id, s] for s in new])
-            await self._conn.execute_query(
-                self._sql["update_gateway_seq"], [max(new), gateway_id]
-            )
-        return set(new)
+        return (await self.claim_many({gateway_id: seqs})).get(gateway_id, set())
+
+    async def claim_many(self, seqs: Mapping[int, Sequence[int]]) -> dict[int, set[int]]:
+        """Record the message keys of many gateways; the new seqs of each (three statements).
+
+        One query per gateway made claiming cost more than storing the samples once a
+        batch spans hundreds of gateways (each statement is a hop to the database thread).
+        """
+        wanted = {gid: s for gid, s in seqs.items() if s}
+        seen: set[tuple[int, int]] = set()
+        items = list(wanted.items())
+        for i in range(0, len(items), _CLAIM_CHUNK):
+            chunk = items[i : i + _CLAIM_CHUNK]
+            where = " OR ".join(["(gateway_id = ? AND seq BETWEEN ? AND ?)"] * len(chunk))
+            params: list[int] = []
+            for gid, s in chunk:
+                params += (gid, min(s), max(s))
+            _, rows = await self._conn.execute_query(self._sql["existing_keys"] + where, params)
+            seen.update((r[0], r[1]) for r in rows)
+        fresh: dict[int, set[int]] = {}
+        keys: list[list[int]] = []
+        last: list[list[int]] = []
+        for gid, s in wanted.items():
+            new = [q for q in dict.fromkeys(s) if (gid, q) not in seen]
+            fresh[gid] = set(new)
+            if new:
+                keys += ([gid, q] for q in new)
+                last.append([max(new), gid])
+        if keys:
+            await self._conn.execute_many(self._sql["insert_keys"], keys)
+            await self._conn.execute_many(self._sql["update_gateway_seq"], last)
+        return fresh
 
     async def insert_samples(self, rows: list[SampleRow]) -> None:
         """Append samples."""
