@@ -66,7 +66,8 @@ def mosquitto_binary() -> str | None:
 class City:
     """The processes of the demo city and their files under ``var/demo``."""
 
-    def __init__(self, workdir: Path, http_port: int) -> None:
+    def __init__(self, workdir: Path, http_port: int, broker: str = "auto") -> None:
+        self.broker_choice = broker
         self.workdir = workdir
         self.http_port = http_port
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -88,7 +89,12 @@ class City:
         mosq = mosquitto_binary()
         broker_dir = self.workdir / "broker"
         broker_dir.mkdir(parents=True, exist_ok=True)
-        if mosq and shutil.which("mosquitto_passwd"):
+        use_mosquitto = bool(mosq and shutil.which("mosquitto_passwd"))
+        if self.broker_choice == "mosquitto" and not use_mosquitto:
+            raise SystemExit(
+                "demo: --broker mosquitto, but mosquitto is not installed (apt-get install mosquitto)"
+            )
+        if mosq and use_mosquitto and self.broker_choice != "amqtt":
             users = ["citynerve-hub"] + [f"cab-{k:02d}" for k in range(1, CABINETS + 1)]
             pwfile = broker_dir / "passwd"
             pwfile.write_text("")
@@ -132,8 +138,8 @@ class City:
                 "no queueing for persistent sessions; install Mosquitto for anything real"
             )
             print(
-                "demo: WARNING: Mosquitto is not installed; using the embedded amqtt broker "
-                "(demo only, see docs/install.md)",
+                "demo: WARNING: using the embedded amqtt broker (Mosquitto is not installed, or "
+                "--broker amqtt): fine for a demo, not for production; see docs/install.md",
                 file=sys.stderr,
             )
         wait_port(self.mqtt_port, proc, "the MQTT broker")
@@ -170,7 +176,9 @@ class City:
             f"  port: {self.mqtt_port}\n"
             "  username: citynerve-hub\n"
             "  client_id: citynerve-hub-demo\n"
-            "http:\n"
+            # amqtt speaks only MQTT 3.1.1.
+            + ("  protocol: '3.1.1'\n" if self.broker.startswith("embedded amqtt") else "")
+            + "http:\n"
             "  host: 127.0.0.1\n"
             f"  port: {self.http_port}\n"
         )
@@ -293,7 +301,17 @@ def smoke(city: City) -> None:
     _, control = city.sims[0]
     with urllib.request.urlopen(f"http://127.0.0.1:{control}/state", timeout=5) as resp:
         sim = json.loads(resp.read())
-    print(f"demo smoke: command {cmd['id']} acknowledged; simulator state: {json.dumps(sim)[:200]}")
+    setpoint = sim["lamps"][2]["setpoint"]  # L-0003 is lamp 2 of cabinet 1
+    if setpoint != 40:
+        raise SystemExit(f"demo smoke: simulator lamp 2 setpoint is {setpoint}, expected 40")
+    while True:
+        points = {p["id"]: p for p in city.api("GET", "devices/L-0003/points")["items"]}
+        if points["level"]["value"] == 40:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo smoke: hub shows L-0003 level {points['level']['value']}, expected 40")
+        time.sleep(0.2)
+    print(f"demo smoke: OK: command {cmd['id']} acknowledged, simulator register 40, hub shows 40%")
 
 
 def main() -> int:
@@ -302,12 +320,18 @@ def main() -> int:
     ap.add_argument("--workdir", default=str(ROOT / "var/demo"), help="where configs, data and logs go")
     ap.add_argument("--http-port", type=int, default=8080, help="hub REST port (a free one if taken)")
     ap.add_argument("--smoke", action="store_true", help="check the operator path end to end and exit")
+    ap.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "amqtt"],
+        default="auto",
+        help="auto: Mosquitto if installed, else the embedded amqtt broker",
+    )
     args = ap.parse_args()
 
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    city = City(workdir, free_port(args.http_port))
+    city = City(workdir, free_port(args.http_port), args.broker)
     try:
         city.start_broker()
         city.start_sims()

@@ -65,12 +65,13 @@ class MqttLink:
         self._generation = 0
         self._v5 = settings.protocol == "5"
         self.protocol = settings.protocol
+        # Until one connection succeeds we do not know whether the broker speaks MQTT 5:
+        # some brokers (amqtt) never answer an MQTT 5 CONNECT instead of refusing it.
+        self._protocol_known = settings.protocol != "5"
 
     def _make_client(self) -> aiomqtt.Client:
         s = self._s
-        will = aiomqtt.Will(
-            self.topics.hub_status(), encode_status(Status(online=False)), qos=1, retain=True
-        )
+        will = aiomqtt.Will(self.topics.hub_status(), encode_status(Status(online=False)), qos=1, retain=True)
         common = {
             "hostname": s.host,
             "port": s.port,
@@ -116,6 +117,7 @@ class MqttLink:
             client = self._make_client()
             try:
                 async with client:
+                    self._protocol_known = True
                     self._generation += 1
                     self._client = client
                     for kind in EDGE_PUBLISHES:
@@ -133,8 +135,11 @@ class MqttLink:
                     else:
                         log.info(
                             "broker %s:%d: connected as %s (user %s, MQTT %s)",
-                            self._s.host, self._s.port, self._s.client_id,
-                            self._s.username or "-", self.protocol,
+                            self._s.host,
+                            self._s.port,
+                            self._s.client_id,
+                            self._s.username or "-",
+                            self.protocol,
                         )
                     failing = False
                     gen = self._generation
@@ -161,6 +166,13 @@ class MqttLink:
                 failing = self._lost(err, failing)
             except aiomqtt.MqttError as err:
                 failing = self._lost(err, failing)
+                if not self._protocol_known:
+                    # No answer at all: alternate MQTT 5 and 3.1.1 until one connects.
+                    self._v5 = not self._v5
+                    self.protocol = "5" if self._v5 else "3.1.1"
+                    log.info(
+                        "broker %s:%d: next attempt with MQTT %s", self._s.host, self._s.port, self.protocol
+                    )
             finally:
                 self._client = None
                 self.connected.clear()
@@ -170,8 +182,9 @@ class MqttLink:
 
     def _lost(self, err: Exception, failing: bool) -> bool:
         if not failing:
-            log.warning("broker %s:%d: connection lost or refused: %s; retrying",
-                        self._s.host, self._s.port, err)
+            log.warning(
+                "broker %s:%d: connection lost or refused: %s; retrying", self._s.host, self._s.port, err
+            )
         return True
 
     def ack(self, messages: list[Incoming]) -> None:
@@ -198,8 +211,6 @@ class MqttLink:
     async def say_goodbye(self) -> None:
         """Publish the retained offline status before a graceful shutdown."""
         try:
-            await self.publish(
-                self.topics.hub_status(), encode_status(Status(online=False)), retain=True
-            )
+            await self.publish(self.topics.hub_status(), encode_status(Status(online=False)), retain=True)
         except BrokerUnavailable:
             pass

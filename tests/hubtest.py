@@ -55,12 +55,12 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def start_hub(settings: HubSettings) -> Hub:
+async def start_hub(settings: HubSettings, connect_timeout: float = 10) -> Hub:
     """Start the app on a free port and wait for the broker connection."""
     app = create_app(settings)
     client: TestClient[web.Request, web.Application] = TestClient(TestServer(app))
     await client.start_server()
-    await asyncio.wait_for(app[LINK].connected.wait(), 10)
+    await asyncio.wait_for(app[LINK].connected.wait(), connect_timeout)
     tokens = {}
     for role in ("viewer", "operator", "admin"):
         name = f"{role}-{uuid.uuid4().hex[:6]}"
