@@ -76,6 +76,7 @@ class Broker:
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
             "persistence false",
+            "set_tcp_nodelay true",
             f"max_queued_messages {self.max_queued}",
             "max_queued_bytes 0",
             f"max_inflight_messages {self.max_inflight}",

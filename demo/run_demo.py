@@ -116,6 +116,7 @@ class City:
                 f"password_file {pwfile}\n"
                 f"acl_file {acl}\n"
                 "persistence false\n"
+                "set_tcp_nodelay true\n"
                 # As root, Mosquitto would drop to user "mosquitto", who cannot read these files.
                 + ("user root\n" if os.geteuid() == 0 else "")
                 + "max_queued_messages 1000000\n"

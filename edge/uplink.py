@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,6 +112,8 @@ class Uplink:
             clean_session=False,  # commands queued while we blinked are still delivered
             max_queued_incoming_messages=1000,
             timeout=10,
+            # Acks and commands are tiny: send them now, not after Nagle's delayed-ACK wait.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     async def run(self) -> None:

@@ -8,6 +8,7 @@ their ``(gateway, seq)`` keys, so a redelivered message is stored once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ class IngestWriter:
         last_flush = 0.0
         while True:
             batch = [await q.get()]
+            # Cleared before draining: an ack queued from here on sets it and ends the wait.
+            self._link.urgent.clear()
             self._drain(batch)
             wait = last_flush + interval - time.monotonic()
             if wait > 0 and len(batch) < q.maxsize and not any(
@@ -88,7 +91,8 @@ class IngestWriter:
             ):
                 # Group commit: at most one transaction per interval under light load; but an
                 # operator waits on a command's ack, so a batch holding one is written at once.
-                await asyncio.sleep(wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._link.urgent.wait(), wait)
                 self._drain(batch)
             try:
                 await self.process(batch)

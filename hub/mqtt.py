@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from dataclasses import dataclass
 
@@ -61,6 +62,8 @@ class MqttLink:
         self._counters = counters
         self.topics = Topics(settings.topic_root)
         self.connected = asyncio.Event()
+        # Set when a command ack is queued: the ingest writer cuts its group-commit wait short.
+        self.urgent = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._generation = 0
         self._v5 = settings.protocol == "5"
@@ -86,6 +89,8 @@ class MqttLink:
             # flow control; run() warns when a broker overshoots it.
             "max_queued_incoming_messages": 0,
             "logger": logging.getLogger("hub.mqtt.client"),
+            # Commands and acks are tiny: send them now, not after Nagle's delayed-ACK wait.
+            "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         }
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
@@ -147,9 +152,12 @@ class MqttLink:
                     window = self._queue.maxsize
                     overshoot_warned = False
                     async for m in messages:
+                        topic = str(m.topic)
                         await self._queue.put(
-                            Incoming(str(m.topic), bytes(m.payload), m.mid, m.qos, gen)  # type: ignore[arg-type]
+                            Incoming(topic, bytes(m.payload), m.mid, m.qos, gen)  # type: ignore[arg-type]
                         )
+                        if topic.endswith("/ack"):
+                            self.urgent.set()
                         if not overshoot_warned and len(messages) > window:
                             overshoot_warned = True
                             self._counters.inc("mqtt.receive_maximum_exceeded")

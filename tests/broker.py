@@ -59,6 +59,7 @@ class Mosquitto:
         lines = [
             f"listener {self.port} {self.host}",
             "persistence false",
+            "set_tcp_nodelay true",
             "max_queued_messages 100000",
             "max_inflight_messages 100",
             "log_dest stderr",

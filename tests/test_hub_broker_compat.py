@@ -22,7 +22,7 @@ async def test_hub_falls_back_to_mqtt_311_on_a_broker_that_ignores_mqtt_5(tmp_pa
         f"    bind: 127.0.0.1:{port}\n"
         "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
     )
-    amqtt = subprocess.Popen(
+    amqtt = subprocess.Popen(  # noqa: ASYNC220 - started once, before the loop does work
         [str(Path(sys.executable).parent / "amqtt"), "-c", str(conf)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
