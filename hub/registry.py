@@ -206,7 +206,9 @@ class Registry:
             id=pid, device_id=dev.id, name=point, type=ptype, declared=False
         )
         self._counters.inc("undeclared.point")
-        log.warning("gateway %s device %s: data for undeclared point %s", gw.name, device, point)
+        # One line per undeclared device is enough; per point only where the device was declared.
+        log_fn = log.warning if dev.declared else log.debug
+        log_fn("gateway %s device %s: data for undeclared point %s", gw.name, device, point)
         return pt
 
     @staticmethod
