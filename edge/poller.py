@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers import BusConfigBase, BusDriver, DeviceConfigBase, DriverError, PointConfigBase
+from drivers import BusConfigBase, BusDriver, DeviceConfigBase, DriverError, PointConfigBase, PointReading
 from wire import Quality, Value
 
 from .backoff import Backoff
@@ -164,9 +164,7 @@ class BusPoller:
             self._device_ok(dev, ts)
             self.reads_total += 1
             self.points_read += len(result)
-            points = dev.points
-            for r in result:
-                self._record(dev, points[r.point], r.value, r.quality, r.error, ts)
+            self._record_all(dev, result, ts)
 
     async def _run_writes(self, driver: BusDriver) -> None:
         while not self._writes.empty():
@@ -197,9 +195,7 @@ class BusPoller:
         self.reads_total += 1
         self.points_read += len(readings)
         self._device_ok(dev, ts)
-        points = dev.points
-        for r in readings:
-            self._record(dev, points[r.point], r.value, r.quality, r.error, ts)
+        self._record_all(dev, readings, ts)
 
     def _device_ok(self, dev: DeviceState, ts: int) -> None:
         if dev.health != Health.OK:
@@ -234,6 +230,36 @@ class BusPoller:
         ts = now_ms()
         for ps in dev.points.values():
             self._record(dev, ps, None, Quality.COMM_ERROR, dev.last_error, ts)
+
+    def _record_all(self, dev: DeviceState, readings: Sequence[PointReading], ts: int) -> None:
+        """The hot path: store each reading, queue the ones that changed (report by exception)."""
+        points = dev.points
+        mono = time.monotonic()
+        full = self.full_report_s
+        add = self.outbox.add_sample
+        dev_id = dev.config.id
+        good = Quality.GOOD
+        for point_id, value, quality, error in readings:
+            ps = points[point_id]
+            if quality is not good and quality is not Quality.OUT_OF_RANGE:
+                value = None
+            ps.quality = quality
+            ps.error = error
+            ps.ts_ms = ts
+            if value is not None:
+                ps.value = value
+            if (
+                quality is good
+                and ps.reported_quality is good
+                and value == ps.reported_value
+                and mono - ps.reported_at < full
+            ):
+                continue  # unchanged: nothing to report
+            if _changed(ps, value, quality, ps.config.deadband) or mono - ps.reported_at >= full:
+                ps.reported_value = value
+                ps.reported_quality = quality
+                ps.reported_at = mono
+                add((dev_id, point_id, ts, value, quality.value))
 
     def _record(
         self,

@@ -272,7 +272,11 @@ async def test_technician_cli_shows_uplink_health_and_live_values(city: City) ->
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "edge", *args, "--socket", sock], capture_output=True, text=True, env=env
+            [sys.executable, "-m", "edge", *args, "--socket", sock],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
         )
 
     status = await asyncio.to_thread(cli, "status")
