@@ -20,11 +20,13 @@ demo: $(STAMP)
 
 ## test: the whole test suite, in parallel (Mosquitto must be installed: apt-get install mosquitto)
 test: $(STAMP)
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
+	  { echo "the tests start their own Mosquitto: install it first (sudo apt-get install mosquitto)"; exit 1; }
 	$(PY) -m pytest -n auto -q
 
 ## test-all: also the long soak tests
 test-all: $(STAMP)
-	$(PY) -m pytest -n auto -q -m ''
+	$(PY) -m pytest -n auto -q -m ""
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
