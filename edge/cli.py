@@ -143,6 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # pymodbus logs an ERROR for every timeout; the driver logs each device's loss and
+    # recovery once, which is what a technician reading the journal needs.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     asyncio.run(run(cfg))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,17 @@ def build(data: dict[str, Any], filename: str, lines: dict[Loc, int]) -> EdgeCon
             continue
         devices.append(dev)
 
+    if base is not None and base.mqtt.password_file is not None:
+        pw = base.mqtt.password_file
+        if not pw.is_file() or not os.access(pw, os.R_OK):
+            issues.append(
+                ConfigIssue(
+                    filename,
+                    line_of(lines, ("mqtt", "password_file")),
+                    "mqtt.password_file",
+                    f"cannot read {pw} (missing, or not readable by this user)",
+                )
+            )
     if issues or base is None:
         raise ConfigError(sorted(issues, key=lambda i: (i.line or 0, i.path)))
     return base.model_copy(

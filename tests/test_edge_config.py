@@ -193,3 +193,10 @@ def test_run_with_bad_config_exits_78_without_connecting(tmp_path: Path) -> None
     )
     assert proc.returncode == EXIT_BAD_CONFIG
     assert f"{bad}:4: buses[0]: transport rtu requires 'serial_port'" in proc.stderr
+
+
+def test_unreadable_password_file_is_a_config_error(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path, GOOD_HEAD + f"mqtt:\n  password_file: {tmp_path}/nope\n")
+    assert errors == [
+        f"edge.yaml:6: mqtt.password_file: cannot read {tmp_path}/nope (missing, or not readable by this user)"
+    ]
