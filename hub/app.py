@@ -69,6 +69,7 @@ async def _ingest(app: web.Application) -> AsyncIterator[None]:
     await link.say_goodbye()
     await _cancel(link_task)
     await _cancel(writer_task)
+    await writer.flush_latest()
 
 
 async def _publisher(app: web.Application) -> AsyncIterator[None]:

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 _ACK_SUFFIX = "/" + Kind.ACK.value
 
 
+LATEST_FLUSH_S = 1.0
+
+
 def now_ms() -> int:
     """Wall-clock time in epoch milliseconds."""
     return int(time.time() * 1000)
@@ -67,6 +70,10 @@ class IngestWriter:
         counters: Counters,
     ) -> None:
         self._s = settings
+        # Latest values live in memory (the API reads them there); the point table's copy only
+        # serves a restart, so it is written at most once per LATEST_FLUSH_S, not per batch.
+        self._dirty: dict[int, PointState] = {}
+        self._latest_flushed = 0.0
         self._topics = topics
         self._queue = queue
         self._link = link
@@ -159,6 +166,16 @@ class IngestWriter:
         else:
             self._counters.inc(f"ignored.{kind.value}")
 
+    def _latest_rows(self) -> list[tuple[float | None, int, int, int]]:
+        return [(pt.value, pt.ts_ms, pt.quality, pt.id) for pt in self._dirty.values()]  # type: ignore[misc]
+
+    async def flush_latest(self) -> None:
+        """Write pending latest values through to the point table (at shutdown)."""
+        if self._dirty:
+            async with self._storage.ingest_tx() as tx:
+                await tx.update_latest(self._latest_rows())
+            self._dirty.clear()
+
     async def _rows(self, gw: GatewayState, data: Data, pending: _Pending) -> None:
         """Map samples to point ids and update live state (newest timestamp wins)."""
         devices = self._registry.devices
@@ -224,9 +241,11 @@ class IngestWriter:
                     dup_ev += 1
             await tx.insert_samples(samples)
             await tx.insert_events(events)
-            await tx.update_latest(
-                [(pt.value, pt.ts_ms, pt.quality, pt.id) for pt in p.touched.values()]  # type: ignore[misc]
-            )
+            self._dirty.update(p.touched)
+            if time.monotonic() - self._latest_flushed >= LATEST_FLUSH_S:
+                await tx.update_latest(self._latest_rows())
+                self._dirty.clear()
+                self._latest_flushed = time.monotonic()
         for gw, seq, _ in p.rows:
             if gw.last_seq is None or seq > gw.last_seq:
                 gw.last_seq = seq
