@@ -87,6 +87,10 @@ def data_messages(gateways: int, samples_total: int, per_msg: int) -> list[tuple
 # -- sessions and the publisher --------------------------------------------------------------
 
 
+# The hub's default MQTT protocol (docs/hub.md): its persistent session is made with the same.
+HUB_PROTOCOL = HubSettings.model_fields["mqtt"].default_factory().protocol  # type: ignore[misc]
+
+
 def make_session(port: int, client_id: str, topics: list[str], v5: bool) -> None:
     """Create a persistent session subscribed to topics, then leave (the broker queues for it)."""
     if v5:
@@ -143,7 +147,7 @@ async def run_hub(port: int, workdir: Path, total: int) -> dict[str, Any]:
     """Start the real hub on the backlog; time from its first data message to the last sample stored."""
     settings = HubSettings.model_validate(
         {"data_dir": str(workdir / "hub"),
-         "mqtt": {"host": "127.0.0.1", "port": port, "client_id": "bench-hub"},
+         "mqtt": {"host": "127.0.0.1", "port": port, "client_id": "bench-hub", "protocol": HUB_PROTOCOL},
          "http": {"port": 0}, "log_level": "WARNING"}
     )
     app = create_app(settings)
@@ -262,7 +266,7 @@ def scenario(per_msg: int, samples_total: int, gateways: int) -> dict[str, Any]:
     try:
         with _common.Broker(tmp / "broker", max_inflight=QUEUE_MAX) as broker:
             hub_topics = [TOPICS.all_gateways(k) for k in wire.EDGE_PUBLISHES]
-            make_session(broker.port, "bench-hub", hub_topics, v5=True)
+            make_session(broker.port, "bench-hub", hub_topics, v5=HUB_PROTOCOL == "5")
             make_session(broker.port, "bench-min", [TOPICS.all_gateways(wire.Kind.DATA)], v5=False)
             make_session(broker.port, "bench-sub", [TOPICS.all_gateways(wire.Kind.DATA)], v5=False)
             publish_all(broker.port, births, retain=True)

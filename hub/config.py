@@ -33,7 +33,7 @@ class MqttSettings(_Model):
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     # How long the broker keeps the hub's session (subscriptions + queued QoS 1) while it is away.
     session_expiry_s: int = Field(default=86400, ge=0)
-    protocol: str = Field(default="5", pattern=r"^(5|3\.1\.1)$")
+    protocol: str = Field(default="3.1.1", pattern=r"^(5|3\.1\.1)$")
 
     @field_validator("topic_root")
     @classmethod

@@ -73,6 +73,7 @@ class IngestWriter:
         # Latest values live in memory (the API reads them there); the point table's copy only
         # serves a restart, so it is written at most once per LATEST_FLUSH_S, not per batch.
         self._dirty: dict[int, PointState] = {}
+        self._inflight: asyncio.Task[None] | None = None
         self._latest_flushed = 0.0
         self._topics = topics
         self._queue = queue
@@ -93,9 +94,7 @@ class IngestWriter:
             self._link.urgent.clear()
             self._drain(batch)
             wait = last_flush + interval - time.monotonic()
-            if wait > 0 and len(batch) < q.maxsize and not any(
-                m.topic.endswith(_ACK_SUFFIX) for m in batch
-            ):
+            if wait > 0 and len(batch) < q.maxsize and not any(m.topic.endswith(_ACK_SUFFIX) for m in batch):
                 # Group commit: at most one transaction per interval under light load; but an
                 # operator waits on a command's ack, so a batch holding one is written at once.
                 with contextlib.suppress(TimeoutError):
@@ -106,10 +105,45 @@ class IngestWriter:
             except Exception:
                 # Not acked: the broker redelivers on the next connection; ingest is idempotent.
                 self._counters.inc("errors.store")
-                log.exception("storing a batch of %d messages failed", len(batch))
-            else:
-                self._link.ack(batch)
+                log.exception("applying a batch of %d messages failed", len(batch))
             last_flush = time.monotonic()
+
+    # -- pipelining: the next batch is decoded while the previous one commits ---------------
+    #
+    # At most one store transaction runs at a time (``_inflight``). It runs in the database's
+    # thread while this task decodes and maps the next batch, so the two overlap on two cores.
+    # Anything else that touches the database (status, birth, ack, undeclared points) first
+    # waits for it (``_barrier``): tortoise's SQLite connection must not see two at once.
+
+    async def _gateway(self, name: str) -> GatewayState:
+        """The registry's gateway; creating one touches the database, so after the barrier."""
+        gw = self._registry.gateways.get(name)
+        if gw is None:
+            await self._barrier()
+            gw = await self._registry.gateway(name)
+        return gw
+
+    async def _barrier(self) -> None:
+        """Wait until the in-flight store transaction (if any) is done."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
+
+    async def _launch(self, pending: _Pending, batch: list[Incoming] | None) -> None:
+        """Start storing ``pending``; ack ``batch`` once it is committed."""
+        await self._barrier()
+        self._inflight = asyncio.create_task(self._store_and_ack(pending, batch), name="hub-ingest-store")
+
+    async def _store_and_ack(self, pending: _Pending, batch: list[Incoming] | None) -> None:
+        try:
+            await self._store(pending)
+        except Exception:
+            # Not acked: the broker redelivers on the next connection; ingest is idempotent.
+            self._counters.inc("errors.store")
+            log.exception("storing %d samples failed", pending.samples)
+            return
+        if batch is not None:
+            self._link.ack(batch)
 
     def _drain(self, batch: list[Incoming]) -> None:
         # Everything queued (at most queue_max messages); process() cuts it into transactions
@@ -134,35 +168,40 @@ class IngestWriter:
                 await self._one(gw_name, kind, m.payload, pending)
             except WireError as err:
                 count(f"malformed.{kind.value}")
-                log.warning("gateway %s: dropped malformed %s on %s: %s",
-                            gw_name, kind.value, m.topic, err)
+                log.warning("gateway %s: dropped malformed %s on %s: %s", gw_name, kind.value, m.topic, err)
             if pending.samples >= self._s.batch_max_samples:
-                await self._store(pending)
+                await self._launch(pending, None)
                 pending = _Pending()
         if pending.rows or pending.events:
-            await self._store(pending)
+            await self._launch(pending, batch)
+        else:
+            await self._barrier()
+            self._link.ack(batch)
         self.batches += 1
 
     async def _one(self, gw_name: str, kind: Kind, payload: bytes, pending: _Pending) -> None:
         reg = self._registry
         if kind is Kind.DATA:
             data = decode_data(payload)
-            gw = await reg.gateway(gw_name)
+            gw = await self._gateway(gw_name)
             await self._rows(gw, data, pending)
         elif kind is Kind.EVENT:
             ev = decode_event(payload)
-            pending.events.append((await reg.gateway(gw_name), ev))
+            pending.events.append((await self._gateway(gw_name), ev))
         elif kind is Kind.STATUS:
             st = decode_status(payload)
-            await reg.set_status(await reg.gateway(gw_name), st.online, st.session, now_ms())
+            await self._barrier()
+            await reg.set_status(await self._gateway(gw_name), st.online, st.session, now_ms())
             self._counters.inc("stored.status")
         elif kind is Kind.BIRTH:
             birth = decode_birth(payload)
-            await reg.apply_birth(await reg.gateway(gw_name), birth, now_ms())
+            await self._barrier()
+            await reg.apply_birth(await self._gateway(gw_name), birth, now_ms())
             self._counters.inc("stored.birth")
         elif kind is Kind.ACK:
             ack = decode_ack(payload)
-            await record_ack(self._storage, self._counters, await reg.gateway(gw_name), ack)
+            await self._barrier()
+            await record_ack(self._storage, self._counters, await self._gateway(gw_name), ack)
         else:
             self._counters.inc(f"ignored.{kind.value}")
 
@@ -170,7 +209,9 @@ class IngestWriter:
         return [(pt.value, pt.ts_ms, pt.quality, pt.id) for pt in self._dirty.values()]  # type: ignore[misc]
 
     async def flush_latest(self) -> None:
-        """Write pending latest values through to the point table (at shutdown)."""
+        """Finish the in-flight store, write latest values through to the point table (shutdown)."""
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self._barrier()
         if self._dirty:
             async with self._storage.ingest_tx() as tx:
                 await tx.update_latest(self._latest_rows())
@@ -195,6 +236,7 @@ class IngestWriter:
                 dev_name, points = dev, (d.points if d is not None else {})
             pt = points.get(pt_name)
             if pt is None:
+                await self._barrier()
                 pt = await self._registry.undeclared_point(gw, dev, pt_name, v)
                 dev_name = None  # the device may be new: look it up again
                 if pt is None:
@@ -235,8 +277,19 @@ class IngestWriter:
                 new = fresh[gw.id]
                 if ev.seq in new:
                     new.discard(ev.seq)
-                    events.append(EventRow(gw.id, ev.seq, ev.ts_ms, ev.device, ev.kind, ev.active,
-                                           ev.severity, ev.point, ev.detail))
+                    events.append(
+                        EventRow(
+                            gw.id,
+                            ev.seq,
+                            ev.ts_ms,
+                            ev.device,
+                            ev.kind,
+                            ev.active,
+                            ev.severity,
+                            ev.point,
+                            ev.detail,
+                        )
+                    )
                 else:
                     dup_ev += 1
             await tx.insert_samples(samples)

@@ -30,7 +30,7 @@ async def test_hub_falls_back_to_mqtt_311_on_a_broker_that_ignores_mqtt_5(tmp_pa
     try:
         await asyncio.to_thread(wait_port, "127.0.0.1", port)
         settings = HubSettings.model_validate(
-            {"data_dir": str(tmp_path / "hub"), "mqtt": {"host": "127.0.0.1", "port": port}}
+            {"data_dir": str(tmp_path / "hub"), "mqtt": {"host": "127.0.0.1", "port": port, "protocol": "5"}}
         )
         assert settings.mqtt.protocol == "5"
         hub = await start_hub(settings, connect_timeout=40)

@@ -324,8 +324,10 @@ async def test_openapi_matches_routes(hub: Hub) -> None:
     assert documented == served
 
 
-async def test_restart_keeps_data(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    settings = _settings(tmp_path, mosquitto)
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_restart_keeps_data(tmp_path: Path, mosquitto: Mosquitto, protocol: str) -> None:
+    settings = _settings(tmp_path, mosquitto, mqtt={"host": mosquitto.host, "port": mosquitto.port,
+                                                    "client_id": "hub-test", "protocol": protocol})
     first = await start_hub(settings)
     async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=GW) as gw:
         await born(first, gw)
