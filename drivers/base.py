@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cnconfig import FieldError
 from wire import PointType, Quality, Value
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -66,11 +67,20 @@ class PointConfigBase(StrictModel):
     deadband: float = Field(
         default=0.0, ge=0, description="report only changes larger than this (0: every change)"
     )
+    alarm: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="bool points: raise an alarm event of this kind while true, clear it when false",
+    )
 
     @model_validator(mode="after")
     def _range_ordered(self) -> Self:
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.alarm is not None and self.value_type() is not PointType.BOOL:
+            raise FieldError(
+                ("alarm",), f"alarm applies to bool points only, this one is {self.value_type().value}"
+            )
         return self
 
     def value_type(self) -> PointType:

@@ -18,7 +18,7 @@ from drivers import BusConfigBase, BusDriver, DeviceConfigBase, DriverError, Poi
 from wire import Quality, Value
 
 from .backoff import Backoff
-from .outbox import Outbox
+from .outbox import Outbox, PendingEvent
 from .state import DeviceState, Health, PointState, now_ms
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,6 @@ class BusPoller:
         points = dev.points
         mono = time.monotonic()
         full = self.full_report_s
-        add = self.outbox.add_sample
         dev_id = dev.config.id
         good = Quality.GOOD
         for point_id, value, quality, error in readings:
@@ -256,10 +255,7 @@ class BusPoller:
             ):
                 continue  # unchanged: nothing to report
             if _changed(ps, value, quality, ps.config.deadband) or mono - ps.reported_at >= full:
-                ps.reported_value = value
-                ps.reported_quality = quality
-                ps.reported_at = mono
-                add((dev_id, point_id, ts, value, quality.value))
+                self._report(dev_id, ps, value, quality, ts, mono)
 
     def _record(
         self,
@@ -286,10 +282,32 @@ class BusPoller:
             or _changed(ps, value, quality, ps.config.deadband)
             or mono - ps.reported_at >= self.full_report_s
         ):
-            ps.reported_value = value
-            ps.reported_quality = quality
-            ps.reported_at = mono
-            self.outbox.add_sample((dev.config.id, ps.config.id, ts, value, quality.value))
+            self._report(dev.config.id, ps, value, quality, ts, mono)
+
+    def _report(
+        self, dev_id: str, ps: PointState, value: Value, quality: Quality, ts: int, mono: float
+    ) -> None:
+        """Queue a sample; for an alarm point whose state changed, an alarm event first."""
+        ps.reported_value = value
+        ps.reported_quality = quality
+        ps.reported_at = mono
+        kind = ps.config.alarm
+        if kind is not None and isinstance(value, bool) and value != ps.alarm_active:
+            # The first reading raises an active alarm but does not "clear" one never raised.
+            if value or ps.alarm_active is not None:
+                self.outbox.add_urgent(
+                    PendingEvent(
+                        ts_ms=ts,
+                        device=dev_id,
+                        kind=kind,
+                        active=value,
+                        severity="alarm",
+                        point=ps.config.id,
+                        detail=f"{dev_id} {ps.config.id} {'raised' if value else 'cleared'}",
+                    )
+                )
+            ps.alarm_active = value
+        self.outbox.add_sample((dev_id, ps.config.id, ts, value, quality.value))
 
 
 def device_for(devices: Sequence[DeviceState], device_id: str) -> DeviceState | None:

@@ -35,6 +35,7 @@ class PointState:
     reported_value: Value = None
     reported_quality: Quality | None = None
     reported_at: float = 0.0  # monotonic seconds of the last report
+    alarm_active: bool | None = None  # for points with ``alarm``: the state last raised/cleared
 
 
 @dataclass(slots=True)

@@ -53,7 +53,7 @@ templates:
       - {{id: actual_level, register: input, address: 100, type: u16, unit: "%", interval_s: 0.2}}
       - {{id: power, register: input, address: 101, type: u16, scale: 0.1, unit: W, interval_s: 0.2}}
       - {{id: energy, register: input, address: 102, type: u32, unit: Wh, interval_s: 1}}
-      - {{id: lamp_failure, register: discrete, address: 100, type: bool, interval_s: 0.2}}
+      - {{id: lamp_failure, register: discrete, address: 100, type: bool, interval_s: 0.2, alarm: lamp_failure}}
 buses:
   - {bus}
 devices:
@@ -62,7 +62,7 @@ devices:
     unit: 1
     kind: cabinet
     points:
-      - {{id: door_open, register: discrete, address: 0, type: bool, interval_s: 0.2}}
+      - {{id: door_open, register: discrete, address: 0, type: bool, interval_s: 0.2, alarm: door_open}}
       - {{id: contactor, register: coil, address: 0, type: bool, writable: true, interval_s: 0.2}}
       - {{id: supply_voltage, register: input, address: 0, type: u16, scale: 0.1, unit: V, interval_s: 0.2}}
 {lamps}
@@ -256,13 +256,33 @@ async def test_exception_answers_mark_device_error(city: City) -> None:
     await city.wait_point("L-0001", "power", quality="good")
 
 
-async def test_lamp_failure_and_door_are_reported(city: City) -> None:
+async def test_lamp_failure_and_door_raise_and_clear_alarm_events(city: City) -> None:
     await city.wait_point("L-0002", "lamp_failure", value=False)
     city.sim.fail_lamp(1)
     city.sim.set_door(True)
     await city.wait_point("L-0002", "lamp_failure", value=True)
     await city.wait_point("L-0002", "power", value=0.0)
     await city.wait_point("CAB-07", "door_open", value=True)
+
+    async def events() -> list[tuple[str, str, bool, str]]:
+        _, body = await city.hub.get("/events")
+        return sorted((e["device"], e["kind"], e["active"], e["severity"]) for e in body["items"])
+
+    async def raised() -> bool:
+        return await events() == [
+            ("CAB-07", "door_open", True, "alarm"),
+            ("L-0002", "lamp_failure", True, "alarm"),
+        ]
+
+    await eventually(raised, 10)
+    city.sim.repair_lamp(1)
+
+    async def cleared() -> bool:
+        return ("L-0002", "lamp_failure", False, "alarm") in await events()
+
+    await eventually(cleared, 10)
+    _, body = await city.hub.get("/events", device="L-0002")
+    assert body["items"][0]["gateway"] == GW and body["items"][0]["point"] == "lamp_failure"
 
 
 async def test_technician_cli_shows_uplink_health_and_live_values(city: City) -> None:

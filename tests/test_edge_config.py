@@ -94,6 +94,11 @@ def errors_of(tmp_path: Path, text: str) -> list[str]:
             "edge.yaml:10: devices[0].points[0].writable: register input is read-only: writable needs coil or holding",
         ),
         (
+            GOOD_HEAD + "devices:\n  - id: L-1\n    bus: b1\n    unit: 1\n    points:\n"
+            "      - {id: a, register: input, address: 1, alarm: too_bright}\n",
+            "edge.yaml:10: devices[0].points[0].alarm: alarm applies to bool points only, this one is int",
+        ),
+        (
             GOOD_HEAD + "gateway:\n  id: again\n",
             "edge.yaml:5: gateway: duplicate key (first on line 1)",
         ),
