@@ -1,0 +1,114 @@
+"""Config models of the DALI driver: bus (a serial DALI master), device (gear address), point."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import Field, model_validator
+
+from cnconfig import FieldError
+from drivers.base import BusConfigBase, DeviceConfigBase, PointConfigBase
+from wire import PointType
+
+from .curve import Curve
+
+# What a point reports; a point whose id is one of these takes it as its source by default.
+Source = Literal["level", "actual_level", "lamp_failure", "gear_failure", "power_failure", "status"]
+SOURCES: tuple[str, ...] = Source.__args__  # type: ignore[attr-defined]
+_BOOL_SOURCES = frozenset({"lamp_failure", "gear_failure", "power_failure"})
+_PERCENT_SOURCES = frozenset({"level", "actual_level"})
+
+
+class DaliBusConfig(BusConfigBase):
+    """One DALI bus behind a serial master interface (Lunatone LUBA RS232 today)."""
+
+    driver: Literal["dali"] = "dali"
+    interface: Literal["luba232"] = "luba232"
+    serial_port: str = Field(min_length=1)
+    bus_power: bool = Field(
+        default=False, description="switch on the interface's integrated bus power supply"
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    retries: int = Field(default=1, ge=0, le=5, description="queries repeated when no answer came back")
+
+    def describe(self) -> str:
+        """Where the bus goes, for logs and python-dali: ``luba232:/dev/ttyS1``."""
+        return f"{self.interface}:{self.serial_port}"
+
+
+class DaliPointConfig(PointConfigBase):
+    """One value of a control gear: its level in percent, a status bit, or the status byte."""
+
+    source: Source
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_source(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "source" not in data:
+            pid = data.get("id")
+            if pid not in SOURCES:
+                raise FieldError(
+                    ("id",),
+                    f"{pid!r} is not a DALI point: use one of {', '.join(SOURCES)} as the id, "
+                    "or set 'source' to one of them",
+                )
+            return {**data, "source": pid}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.writable and self.source != "level":
+            raise FieldError(("writable",), f"source {self.source} is read-only: only 'level' is writable")
+        if self.source in _PERCENT_SOURCES:
+            for key, bound in (("min", self.min), ("max", self.max)):
+                if bound is not None and not 0 <= bound <= 100:
+                    raise FieldError((key,), f"a level is 0..100 %, {key} {bound} is outside")
+        return self
+
+    def value_type(self) -> PointType:
+        """float percent for levels, bool for failure bits, int for the raw status byte."""
+        if self.source in _BOOL_SOURCES:
+            return PointType.BOOL
+        if self.source == "status":
+            return PointType.INT
+        return PointType.FLOAT
+
+
+class DaliDeviceConfig(DeviceConfigBase):
+    """A control gear (``address`` 0-63), or every gear of a ``group`` (0-15) or of the bus.
+
+    Group and broadcast devices are written with one frame and cannot be queried (several gear
+    would answer at once), so they may only have ``level`` points.
+    """
+
+    address: int | None = Field(default=None, ge=0, le=63)
+    group: int | None = Field(default=None, ge=0, le=15)
+    broadcast: bool = False
+    curve: Curve = "logarithmic"
+    points: tuple[DaliPointConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_address(self) -> Self:
+        given = [k for k in ("address", "group") if getattr(self, k) is not None]
+        if self.broadcast:
+            given.append("broadcast")
+        if len(given) != 1:
+            what = "none" if not given else " and ".join(given)
+            raise ValueError(f"set exactly one of 'address', 'group' or 'broadcast: true' (got {what})")
+        if self.address is None:
+            for i, p in enumerate(self.points):
+                if p.source != "level":
+                    raise FieldError(
+                        ("points", i, "source"),
+                        f"a {given[0]} device can only have 'level' points: "
+                        f"{p.source} needs one gear's answer (use 'address')",
+                    )
+        return self
+
+    def target(self) -> str:
+        """The address for logs: ``A12``, ``G3`` or ``broadcast``."""
+        if self.address is not None:
+            return f"A{self.address}"
+        if self.group is not None:
+            return f"G{self.group}"
+        return "broadcast"
