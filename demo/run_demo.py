@@ -224,6 +224,7 @@ class City:
                 .read_text()
                 .format(
                     gateway=gw,
+                    cabinet=f"{k:02d}",
                     mqtt_port=self.mqtt_port,
                     data_dir=self.workdir / gw,
                     sim_port=port,
