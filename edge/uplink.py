@@ -132,7 +132,8 @@ class Uplink:
                 err = group.exceptions[0]
                 self.counters.uplink_failures += 1
                 if self.connected or not self.last_error:
-                    log.warning("uplink to %s:%d lost: %s", m.host, m.port, err)
+                    what = "lost" if self.connected else "cannot connect"
+                    log.warning("uplink to %s:%d %s: %s; retrying with backoff", m.host, m.port, what, err)
                 self.last_error = str(err)
             finally:
                 self.connected = False

@@ -297,7 +297,7 @@ async def test_no_answer_raises_within_the_timeout_then_recovers(
     p = pt("set", "holding", 100)
     device = dev(p)
     b = bus(sim.tcp_port, timeout_s=0.2, retries=1)
-    caplog.set_level(logging.INFO, logger="drivers.modbus")
+    caplog.set_level(logging.DEBUG, logger="drivers.modbus")
     async with ModbusDriver(b, [device]) as drv:
         sim.set_fault("no_answer")
         for _ in range(3):

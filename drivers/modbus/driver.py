@@ -165,13 +165,14 @@ class ModbusDriver:
             raise error
         if device.id in self._failing:
             self._failing.discard(device.id)
-            log.info("modbus device %s on bus %s recovered", device.id, b.id)
+            # The edge's poller logs loss and recovery once per device; this is for debugging.
+            log.debug("modbus device %s on bus %s recovered", device.id, b.id)
         return response
 
     def _mark_failing(self, device: ModbusDeviceConfig, error: DriverError) -> None:
         if device.id not in self._failing:
             self._failing.add(device.id)
-            log.warning("modbus device %s on bus %s unavailable: %s", device.id, self.bus.id, error)
+            log.debug("modbus device %s on bus %s unavailable: %s", device.id, self.bus.id, error)
 
     # -- read ------------------------------------------------------------------------------
 
