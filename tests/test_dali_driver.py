@@ -1,0 +1,322 @@
+"""The DALI driver: python-dali's unmodified LUBA serial driver against the bus simulator on a pty."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from cnconfig import ConfigError
+from drivers import DeviceUnavailable, PointError, ProtocolError, get_driver
+from drivers.dali import (
+    DaliBusConfig,
+    DaliDeviceConfig,
+    DaliDriver,
+    DaliPointConfig,
+    arc_to_percent,
+    percent_to_arc,
+)
+from edge import config as edge_config
+from firmware_sim.dali import FADE_TIMES_S, DaliBusSim
+from wire import PointType, Quality
+
+# -- percent <-> arc power ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("percent", "arc"),
+    [(0, 0), (0.1, 1), (1, 85), (10, 170), (100, 254), (0.01, 1), (40, 220)],
+)
+def test_log_curve_table(percent: float, arc: int) -> None:
+    # IEC 62386-102 Table 3: 0.1 % at 1, 1 % at 85, 10 % at 170, 100 % at 254
+    assert percent_to_arc(percent) == arc
+
+
+@pytest.mark.parametrize("curve", ["logarithmic", "linear"])
+def test_curve_ends(curve: Any) -> None:
+    assert percent_to_arc(0, curve) == 0
+    assert arc_to_percent(0, curve) == 0
+    assert percent_to_arc(100, curve) == 254
+    assert arc_to_percent(254, curve) == 100
+    assert arc_to_percent(127, "linear") == 50
+
+
+@pytest.mark.parametrize("bad", [-0.1, 100.5, float("nan")])
+def test_percent_out_of_range(bad: float) -> None:
+    with pytest.raises(ValueError, match=r"outside 0\.\.100"):
+        percent_to_arc(bad)
+
+
+percents = st.floats(min_value=0, max_value=100, allow_nan=False)
+curves = st.sampled_from(["logarithmic", "linear"])
+
+
+@given(percents, percents, curves)
+def test_percent_to_arc_is_monotonic(a: float, b: float, curve: Any) -> None:
+    lo, hi = sorted((a, b))
+    assert percent_to_arc(lo, curve) <= percent_to_arc(hi, curve)
+
+
+@given(st.integers(0, 253), curves)
+def test_arc_to_percent_is_strictly_increasing(n: int, curve: Any) -> None:
+    assert arc_to_percent(n, curve) < arc_to_percent(n + 1, curve)
+
+
+@given(st.integers(0, 254), curves)
+def test_arc_round_trips_exactly(n: int, curve: Any) -> None:
+    assert percent_to_arc(arc_to_percent(n, curve), curve) == n
+
+
+@given(percents, curves)
+def test_percent_round_trips_within_one_arc_step(p: float, curve: Any) -> None:
+    n = percent_to_arc(p, curve)
+    assert 0 < n or p == 0
+    assert arc_to_percent(max(n - 1, 0), curve) <= p <= arc_to_percent(min(n + 1, 254), curve)
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+def test_point_types_and_defaults() -> None:
+    assert DaliPointConfig(id="level", writable=True).value_type() is PointType.FLOAT
+    assert DaliPointConfig(id="lamp_failure").value_type() is PointType.BOOL
+    assert DaliPointConfig(id="status").value_type() is PointType.INT
+    assert DaliPointConfig.model_validate({"id": "lf", "source": "lamp_failure"}).source == "lamp_failure"
+    assert get_driver("dali").bus_model is DaliBusConfig
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"id": "d", "bus": "b"}, "set exactly one of 'address', 'group' or 'broadcast: true' (got none)"),
+        (
+            {"id": "d", "bus": "b", "address": 1, "group": 2},
+            "set exactly one of 'address', 'group' or 'broadcast: true' (got address and group)",
+        ),
+        ({"id": "d", "bus": "b", "address": 64}, "less than or equal to 63"),
+        ({"id": "d", "bus": "b", "group": 16}, "less than or equal to 15"),
+        ({"id": "d", "bus": "b", "address": 1, "curve": "square"}, "'logarithmic' or 'linear'"),
+        (
+            {"id": "d", "bus": "b", "group": 1, "points": [{"id": "status"}]},
+            "a group device can only have 'level' points",
+        ),
+        ({"id": "d", "bus": "b", "address": 1, "points": [{"id": "colour"}]}, "'colour' is not a DALI point"),
+        (
+            {"id": "d", "bus": "b", "address": 1, "points": [{"id": "status", "writable": True}]},
+            "source status is read-only",
+        ),
+    ],
+)
+def test_device_config_errors(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        DaliDeviceConfig.model_validate(data)
+
+
+def test_edge_config_with_a_dali_bus(tmp_path: Path) -> None:
+    good = textwrap.dedent(
+        """\
+        gateway:
+          id: cab-7
+        buses:
+          - {id: dali1, driver: dali, interface: luba232, serial_port: /dev/ttyUSB0}
+        devices:
+          - id: L-1
+            bus: dali1
+            kind: lamp
+            address: 0
+            points:
+              - {id: level, writable: true, unit: "%", min: 0, max: 100}
+              - {id: lamp_failure, interval_s: 60}
+          - {id: street-3, bus: dali1, group: 3, points: [{id: level, writable: true}]}
+        """
+    )
+    path = tmp_path / "edge.yaml"
+    path.write_text(good)
+    cfg = edge_config.load(path)
+    assert [d.id for d in cfg.devices] == ["L-1", "street-3"]
+    bad = good.replace("address: 0", "address: 70").replace("interface: luba232", "interface: hasseb")
+    bad = bad.replace("{id: lamp_failure, interval_s: 60}", "{id: lamp_failure, writable: true}")
+    bad += "  - {id: L-2, bus: dali1, address: 2, points: [{id: colour}]}\n"
+    path.write_text(bad)
+    with pytest.raises(ConfigError) as info:
+        edge_config.load(path)
+    issues = [str(i).replace(str(path), "edge.yaml") for i in info.value.issues]
+    assert issues == [
+        "edge.yaml:4: buses[0].interface: Input should be 'luba232'",
+        # the bus is invalid, so its devices are not checked further: fix it and see the rest
+        "edge.yaml:7: devices[0].bus: unknown bus 'dali1' (buses: none defined)",
+        "edge.yaml:13: devices[1].bus: unknown bus 'dali1' (buses: none defined)",
+        "edge.yaml:14: devices[2].bus: unknown bus 'dali1' (buses: none defined)",
+    ]
+    path.write_text(bad.replace("interface: hasseb", "interface: luba232"))
+    with pytest.raises(ConfigError) as info:
+        edge_config.load(path)
+    issues = [str(i).replace(str(path), "edge.yaml") for i in info.value.issues]
+    assert issues == [
+        "edge.yaml:9: devices[0].address: Input should be less than or equal to 63",
+        "edge.yaml:12: devices[0].points[1].writable: source lamp_failure is read-only: "
+        "only 'level' is writable",
+        "edge.yaml:14: devices[2].points[0].id: 'colour' is not a DALI point: use one of level, "
+        "actual_level, lamp_failure, gear_failure, power_failure, status as the id, "
+        "or set 'source' to one of them",
+    ]
+
+
+# -- against the simulator ------------------------------------------------------------------
+
+
+def bus(path: str, **kw: Any) -> DaliBusConfig:
+    return DaliBusConfig(id="dali1", serial_port=path, **kw)
+
+
+ALL_POINTS = tuple(
+    DaliPointConfig.model_validate(p)
+    for p in (
+        {"id": "level", "writable": True, "unit": "%"},
+        {"id": "actual_level", "unit": "%"},
+        {"id": "lamp_failure"},
+        {"id": "gear_failure"},
+        {"id": "power_failure"},
+        {"id": "status"},
+    )
+)
+
+
+def lamp(n: int, **kw: Any) -> DaliDeviceConfig:
+    return DaliDeviceConfig(id=f"L-{n}", bus="dali1", kind="lamp", address=n, points=ALL_POINTS, **kw)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[DaliBusSim]:
+    async with DaliBusSim(lamps=64, timing=0) as s:
+        yield s
+
+
+@pytest.fixture
+async def driver(sim: DaliBusSim) -> AsyncIterator[DaliDriver]:
+    async with DaliDriver(bus(sim.path)) as d:
+        yield d
+
+
+def values(readings: list[Any]) -> dict[str, Any]:
+    return {r.point: r.value for r in readings}
+
+
+async def test_read_levels_and_status(sim: DaliBusSim, driver: DaliDriver) -> None:
+    sim.gear(5).go_to(170, 0, fade=False)  # 10.09 %
+    got = values(await driver.read(lamp(5), ALL_POINTS))
+    assert got == {
+        "level": 10.0914,
+        "actual_level": 10.0914,
+        "lamp_failure": False,
+        "gear_failure": False,
+        "power_failure": False,  # cleared by the arc power command above
+        "status": 0x04,  # lamp on
+    }
+    fresh = values(await driver.read(lamp(6), ALL_POINTS))
+    assert fresh["level"] == 100.0
+    assert fresh["power_failure"] is True  # set since power-on (IEC 62386-102 status bit 7)
+    # one QUERY ACTUAL LEVEL and one QUERY STATUS per read, whatever the points
+    assert sim.frames == 4
+
+
+async def test_linear_curve_device(sim: DaliBusSim, driver: DaliDriver) -> None:
+    dev = lamp(2, curve="linear")
+    assert await driver.write(dev, ALL_POINTS[0], 50) == pytest.approx(50, abs=0.4)
+    assert sim.level(2) == 127
+
+
+async def test_write_40_percent_fades_to_the_right_arc_level(sim: DaliBusSim, driver: DaliDriver) -> None:
+    sim.set_fade_time(3, 1)  # 0.7 s (IEC 62386-102 Table 5)
+    dev = lamp(3)
+    back = await driver.write(dev, ALL_POINTS[0], 40)
+    assert back == pytest.approx(40, rel=0.02)  # the level it is fading to
+    assert sim.fading(3)
+    during = values(await driver.read(dev, ALL_POINTS[:2]))
+    assert during["level"] == back  # where it is going
+    assert during["actual_level"] > 40  # still on its way down from 100 %
+    await asyncio.sleep(FADE_TIMES_S[1] + 0.05)
+    assert sim.level(3) == percent_to_arc(40) == 220
+    after = values(await driver.read(dev, ALL_POINTS[:2]))
+    assert after["level"] == after["actual_level"] == back
+
+
+async def test_write_0_is_off_and_limits_clamp(sim: DaliBusSim, driver: DaliDriver) -> None:
+    assert await driver.write(lamp(1), ALL_POINTS[0], 0) == 0
+    assert sim.level(1) == 0
+    sim.gear(4).min_level = 170  # 10.09 %
+    assert await driver.write(lamp(4), ALL_POINTS[0], 1) == 10.0914  # gear clamps to MIN LEVEL
+    with pytest.raises(PointError, match="read-only"):
+        await driver.write(lamp(4), ALL_POINTS[1], 10)
+    with pytest.raises(PointError, match="outside"):
+        await driver.write(lamp(4), ALL_POINTS[0], 101)
+
+
+async def test_lamp_failure_sets_the_status_bit(sim: DaliBusSim, driver: DaliDriver) -> None:
+    sim.fail_lamp(7)
+    got = {r.point: r for r in await driver.read(lamp(7), ALL_POINTS)}
+    assert got["lamp_failure"].value is True
+    assert got["status"].value & 0x02
+    assert got["level"].quality is Quality.DEVICE_ERROR
+    assert "MASK" in got["level"].error
+    with pytest.raises(PointError, match="lamp failure"):
+        await driver.write(lamp(7), ALL_POINTS[0], 50)
+    sim.repair_lamp(7)
+    assert values(await driver.read(lamp(7), ALL_POINTS))["lamp_failure"] is False
+    sim.fail_gear(8)
+    assert values(await driver.read(lamp(8), ALL_POINTS))["gear_failure"] is True
+
+
+async def test_missing_gear_is_unavailable_and_recovers(sim: DaliBusSim, driver: DaliDriver) -> None:
+    sim.disconnect(9)
+    with pytest.raises(DeviceUnavailable, match=r"L-9 \(A9\) .* no answer to"):
+        await driver.read(lamp(9), ALL_POINTS)
+    assert sim.frames == 2  # one retry
+    sim.disconnect(9, gone=False)
+    assert values(await driver.read(lamp(9), ALL_POINTS))["level"] == 100.0
+
+
+async def test_two_gear_on_one_address_is_a_protocol_error(sim: DaliBusSim, driver: DaliDriver) -> None:
+    sim.gear(11).short_address = 10
+    with pytest.raises(ProtocolError, match="framing error: several gear answered"):
+        await driver.read(lamp(10), ALL_POINTS)
+    assert sim.stats.collisions == 1
+
+
+async def test_broadcast_to_64_lamps_is_one_frame(sim: DaliBusSim, driver: DaliDriver) -> None:
+    sim.reset_stats()
+    assert await driver.set_level(40) == 220
+    assert sim.frames == 1
+    assert {sim.level(n) for n in range(64)} == {220}
+    for n in (1, 2, 3):
+        sim.add_to_group(n, 5)
+    street = DaliDeviceConfig(id="street", bus="dali1", group=5, points=(ALL_POINTS[0],))
+    assert await driver.write(street, ALL_POINTS[0], 10) == 10.0914  # arc 170
+    assert sim.frames == 2
+    assert [sim.level(n) for n in range(5)] == [220, 170, 170, 170, 220]
+    assert values(await driver.read(street, (ALL_POINTS[0],))) == {"level": 10.0914}
+    assert sim.frames == 2  # a group is not queried
+
+
+async def test_no_master_is_unavailable(tmp_path: Path) -> None:
+    async with DaliDriver(bus(str(tmp_path / "ttyNONE"), connect_timeout_s=0.5)) as d:
+        with pytest.raises(DeviceUnavailable, match="did not come up"):
+            await d.read(lamp(0), ALL_POINTS)
+
+
+async def test_real_frame_timing() -> None:
+    async with DaliBusSim(lamps=4, timing=1.0) as s, DaliDriver(bus(s.path)) as d:
+        t0 = time.monotonic()
+        for n in range(4):
+            await d.read(lamp(n), ALL_POINTS[:1])
+        per_query = (time.monotonic() - t0) / 4
+        # start + 16 + 2 stop bits, 7 ms settling, start + 8 + 2 stop bits at 1200 bit/s, 2.4 ms
+        assert 0.030 < per_query < 0.060
