@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--parity", choices=["N", "E", "O"], default=None, help="serial parity (default E; N with --rtu-pty)"
     )
     mb.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
+    da = sub.add_parser("dali", help="a DALI bus of control gear behind a LUBA RS232 master, on a pty")
+    da.add_argument("--lamps", type=int, default=64, help="control gear at short addresses 0.. (max 64)")
+    da.add_argument("--fade-time", type=int, default=0, choices=range(16), help="fade time code 0-15")
+    da.add_argument(
+        "--timing", type=float, default=1.0, help="frame timing scale: 1 = real 1200 bit/s bus, 0 = instant"
+    )
     return parser
 
 
@@ -69,11 +75,26 @@ async def run_modbus(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_dali(args: argparse.Namespace) -> int:
+    """Serve one DALI bus on a new pty until SIGTERM or SIGINT."""
+    from .dali import DaliBusSim
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with DaliBusSim(args.lamps, timing=args.timing, fade_time=args.fade_time) as sim:
+        print(f"dali-sim ready {sim.path} interface=luba232 lamps={args.lamps}", flush=True)
+        await stop.wait()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``citynerve-sim``."""
     args = build_parser().parse_args(argv)
+    run = run_dali if args.protocol == "dali" else run_modbus
     try:
-        return asyncio.run(run_modbus(args))
+        return asyncio.run(run(args))
     except (OSError, ValueError) as err:
         print(f"citynerve-sim: {err}", file=sys.stderr)
         return 2

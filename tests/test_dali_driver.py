@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -320,3 +321,19 @@ async def test_real_frame_timing() -> None:
         per_query = (time.monotonic() - t0) / 4
         # start + 16 + 2 stop bits, 7 ms settling, start + 8 + 2 stop bits at 1200 bit/s, 2.4 ms
         assert 0.030 < per_query < 0.060
+
+
+async def test_sim_cli_prints_the_pty_and_serves_it() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "firmware_sim.cli", "dali", "--lamps", "64", "--timing", "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        assert line.startswith("dali-sim ready /dev/pts/") and "lamps=64" in line
+        async with DaliDriver(bus(line.split()[2])) as d:
+            assert values(await d.read(lamp(63), ALL_POINTS[:1])) == {"level": 100.0}
+    finally:
+        proc.terminate()
+        assert await proc.wait() == 0
