@@ -1,0 +1,99 @@
+"""End to end over DALI: bus simulator on a pty -> edge (python-dali LUBA driver) -> Mosquitto -> hub -> REST."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from pathlib import Path
+
+from broker import Mosquitto
+from hubtest import _settings, eventually, start_hub
+
+from drivers.dali import arc_to_percent
+from edge import config as edge_config
+from edge.daemon import Edge
+from firmware_sim.dali import FADE_TIMES_S, DaliBusSim
+
+GW = "cab-dali"
+LAMPS = 4
+
+
+def edge_yaml(mqtt_port: int, data_dir: Path, socket: Path, serial_port: str) -> str:
+    lamps = "\n".join(f"  - {{id: D-{n:02d}, bus: dali1, address: {n}, template: lamp}}" for n in range(LAMPS))
+    return f"""
+gateway: {{id: {GW}}}
+mqtt: {{host: 127.0.0.1, port: {mqtt_port}, keepalive_s: 5, reconnect_max_s: 1}}
+data_dir: {data_dir}
+control_socket: {socket}
+publish: {{max_delay_ms: 20, full_report_s: 60}}
+templates:
+  lamp:
+    kind: lamp
+    points:
+      - {{id: level, unit: "%", writable: true, min: 0, max: 100, interval_s: 0.2}}
+      - {{id: actual_level, unit: "%", interval_s: 0.2}}
+      - {{id: lamp_failure, interval_s: 0.2, alarm: lamp_failure}}
+buses:
+  - {{id: dali1, driver: dali, interface: luba232, serial_port: {serial_port}}}
+devices:
+{lamps}
+"""
+
+
+async def test_rest_sets_a_dali_lamp_to_40_percent_and_lamp_failure_raises_an_alarm(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with DaliBusSim(lamps=LAMPS, timing=0, fade_time=1) as sim:
+        hub = await start_hub(_settings(tmp_path, mosquitto))
+        sock_dir = Path(tempfile.mkdtemp(prefix="cn-", dir="/tmp"))  # AF_UNIX paths are short
+        path = tmp_path / "edge.yaml"
+        path.write_text(edge_yaml(mosquitto.port, tmp_path / "edge", sock_dir / "edge.sock", sim.path))
+        edge = Edge(edge_config.load(path))
+        task = asyncio.create_task(edge.run())
+        try:
+
+            async def point(device: str, name: str) -> dict[str, object]:
+                status, body = await hub.get(f"/devices/{device}/points")
+                if status != 200:
+                    return {}
+                return next((p for p in body["items"] if p["id"] == name), {})
+
+            async def has(device: str, name: str, **expected: object) -> bool:
+                found = await point(device, name)
+                return all(found.get(k) == v for k, v in expected.items())
+
+            await eventually(lambda: has("D-02", "level", value=100.0, quality="good"), 15)
+            status, cmd = await hub.post("/commands", {"device": "D-02", "point": "level", "value": 40})
+            assert status == 202, cmd
+
+            async def acked() -> bool:
+                _, body = await hub.get(f"/commands/{cmd['id']}")
+                return bool(body["status"] != "pending")
+
+            await eventually(acked, 10)
+            _, done = await hub.get(f"/commands/{cmd['id']}")
+            assert done["status"] == "acknowledged", done
+            assert done["value"] == 40
+            assert "39.5219" in done["detail"], done  # 40 % on the log curve is arc 220
+            assert sim.fading(2)
+            await asyncio.sleep(FADE_TIMES_S[1])
+            assert sim.level(2) == 220
+            await eventually(lambda: has("D-02", "actual_level", value=arc_to_percent(220)), 10)
+            assert sim.level(1) == 254  # the neighbour is untouched
+
+            sim.fail_lamp(3)
+            await eventually(lambda: has("D-03", "lamp_failure", value=True), 10)
+
+            async def alarm(active: bool) -> bool:
+                _, body = await hub.get("/events", device="D-03")
+                return any(e["kind"] == "lamp_failure" and e["active"] is active for e in body["items"])
+
+            await eventually(lambda: alarm(True), 10)
+            sim.repair_lamp(3)
+            await eventually(lambda: alarm(False), 10)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await hub.client.close()
