@@ -145,16 +145,17 @@ class DaliDriver:
             dev, DeviceUnavailable(f"{dev.id} ({dev.target()}) on {self.bus.describe()}: no answer to {cmd}")
         )
 
+    # The poller logs device state changes (one line each); the driver only at debug.
     def _fail(self, dev: DaliDeviceConfig, error: DriverError) -> DriverError:
         if dev.id not in self._failing:
             self._failing.add(dev.id)
-            log.warning("dali device %s on bus %s unavailable: %s", dev.id, self.bus.id, error)
+            log.debug("dali device %s on bus %s unavailable: %s", dev.id, self.bus.id, error)
         return error
 
     def _recovered(self, dev: DaliDeviceConfig) -> None:
         if dev.id in self._failing:
             self._failing.discard(dev.id)
-            log.info("dali device %s on bus %s recovered", dev.id, self.bus.id)
+            log.debug("dali device %s on bus %s recovered", dev.id, self.bus.id)
 
     # -- read ------------------------------------------------------------------------------
 
