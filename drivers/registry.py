@@ -8,6 +8,7 @@ from .base import DriverSpec
 
 # name -> "module:attribute" of its DriverSpec. Imported on first use, never by scanning folders.
 _REGISTRY: dict[str, str] = {
+    "bacnet": "drivers.bacnet:SPEC",
     "dali": "drivers.dali:SPEC",
     "modbus": "drivers.modbus:SPEC",
 }

@@ -39,7 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument(
         "--timing", type=float, default=1.0, help="frame timing scale: 1 = real 1200 bit/s bus, 0 = instant"
     )
+    bn = sub.add_parser("bacnet", help="a building's BACnet/IP device: fire, intrusion, doors, HVAC, meter")
+    bn.add_argument("--host", default="127.0.0.1", help="IPv4 address to bind")
+    bn.add_argument("--port", type=int, default=47809, help="UDP port (not 47808: leave it to real devices)")
+    bn.add_argument("--instance", type=int, default=1001, help="device instance (0..4194302)")
+    bn.add_argument("--name", default="building", help="device object name")
     return parser
+
+
+async def run_bacnet(args: argparse.Namespace) -> int:
+    """Serve one building device until SIGTERM or SIGINT."""
+    from .bacnet import BuildingSim
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with BuildingSim(host=args.host, port=args.port, instance=args.instance, name=args.name) as sim:
+        print(f"bacnet-sim ready {sim.describe()} name={args.name}", flush=True)
+        await stop.wait()
+    return 0
 
 
 async def run_modbus(args: argparse.Namespace) -> int:
@@ -92,7 +111,8 @@ async def run_dali(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``citynerve-sim``."""
     args = build_parser().parse_args(argv)
-    run = run_dali if args.protocol == "dali" else run_modbus
+    runners = {"bacnet": run_bacnet, "dali": run_dali, "modbus": run_modbus}
+    run = runners[args.protocol]
     try:
         return asyncio.run(run(args))
     except (OSError, ValueError) as err:

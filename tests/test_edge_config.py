@@ -74,7 +74,7 @@ def errors_of(tmp_path: Path, text: str) -> list[str]:
         ),
         (
             GOOD_HEAD + "  - {id: b2, driver: profibus}\n",
-            "edge.yaml:5: buses[1].driver: unknown driver 'profibus' (known: dali, modbus)",
+            "edge.yaml:5: buses[1].driver: unknown driver 'profibus' (known: bacnet, dali, modbus)",
         ),
         (
             GOOD_HEAD + "  - {id: b1, driver: modbus, transport: tcp, host: h}\n",
