@@ -120,6 +120,9 @@ class PushedUpdate:
     device: str
     reading: PointReading
     ts_ms: int
+    # When set, the edge also publishes an event of this kind at once (``active``: the value
+    # is truthy), e.g. "presence" for an occupancy sensor; "" updates the point only.
+    event: str = ""
 
 
 @runtime_checkable

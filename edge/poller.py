@@ -2,7 +2,8 @@
 
 Writes (commands) jump ahead of polling: the queue is checked before every device read.
 A device that stops answering is marked ``comm_error`` once and retried with backoff; it never
-stops the poller or its neighbours on the bus.
+stops the poller or its neighbours on the bus. A driver with ``updates()`` (COV, DALI events)
+has its pushed updates consumed by a second task beside the polling loop, for the same driver.
 """
 
 from __future__ import annotations
@@ -10,11 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers import BusConfigBase, BusDriver, DeviceConfigBase, DriverError, PointConfigBase, PointReading
+from drivers import (
+    BusConfigBase,
+    BusDriver,
+    DeviceConfigBase,
+    DriverError,
+    PointConfigBase,
+    PointReading,
+    PushedUpdate,
+)
 from wire import Quality, Value
 
 from .backoff import Backoff
@@ -79,6 +88,8 @@ class BusPoller:
         self.running = False
         self.reads_total = 0
         self.points_read = 0
+        self.pushed_total = 0
+        self.driver: BusDriver | None = None  # the open driver, while running
 
     def _make_groups(self) -> list[_Group]:
         groups = []
@@ -102,10 +113,19 @@ class BusPoller:
         driver = self._driver_factory()
         async with driver:
             self.running = True
+            self.driver = driver
             try:
-                await self._loop(driver)
+                updates = getattr(driver, "updates", None)
+                if updates is None:
+                    await self._loop(driver)
+                else:
+                    # Either task failing cancels the other; the supervisor restarts both.
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._consume(updates()), name=f"updates-{self.bus.id}")
+                        await self._loop(driver)
             finally:
                 self.running = False
+                self.driver = None
                 self._fail_pending_writes()
 
     def _fail_pending_writes(self) -> None:
@@ -196,6 +216,31 @@ class BusPoller:
         self.points_read += len(readings)
         self._device_ok(dev, ts)
         self._record_all(dev, readings, ts)
+
+    async def _consume(self, updates: AsyncIterator[PushedUpdate]) -> None:
+        """Record pushed updates as they come; an update with an event kind is an event at once."""
+        by_id = {d.config.id: d for d in self.devices}
+        async for update in updates:
+            dev = by_id.get(update.device)
+            ps = dev.points.get(update.reading.point) if dev is not None else None
+            if dev is None or ps is None:
+                log.debug("bus %s: pushed update for unknown point %s", self.bus.id, update)
+                continue
+            self.pushed_total += 1
+            point, value, quality, error = update.reading
+            if update.event:
+                self.outbox.add_urgent(
+                    PendingEvent(
+                        ts_ms=update.ts_ms,
+                        device=update.device,
+                        kind=update.event,
+                        active=bool(value),
+                        severity="info",
+                        point=point,
+                        detail=f"{update.device} {point} {value}",
+                    )
+                )
+            self._record(dev, ps, value, quality, error, update.ts_ms, force=True)
 
     def _device_ok(self, dev: DeviceState, ts: int) -> None:
         if dev.health != Health.OK:

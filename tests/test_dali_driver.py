@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cnconfig import ConfigError
-from drivers import DeviceUnavailable, PointError, ProtocolError, get_driver
+from drivers import DeviceUnavailable, PointError, PointReading, ProtocolError, PushedUpdate, get_driver
 from drivers.dali import (
     DaliBusConfig,
     DaliDeviceConfig,
@@ -97,10 +97,23 @@ def test_point_types_and_defaults() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"id": "d", "bus": "b"}, "set exactly one of 'address', 'group' or 'broadcast: true' (got none)"),
+        (
+            {"id": "d", "bus": "b"},
+            "set exactly one of 'address', 'group', 'broadcast: true' or 'sensor_address' (got none)",
+        ),
         (
             {"id": "d", "bus": "b", "address": 1, "group": 2},
-            "set exactly one of 'address', 'group' or 'broadcast: true' (got address and group)",
+            "set exactly one of 'address', 'group', 'broadcast: true' or 'sensor_address' "
+            "(got address and group)",
+        ),
+        ({"id": "d", "bus": "b", "sensor_address": 1, "instance": 32}, "less than or equal to 31"),
+        (
+            {"id": "d", "bus": "b", "sensor_address": 1, "points": [{"id": "level"}]},
+            "an occupancy sensor (sensor_address) has only 'presence' points",
+        ),
+        (
+            {"id": "d", "bus": "b", "address": 1, "points": [{"id": "presence"}]},
+            "'presence' comes from an occupancy sensor: set 'sensor_address'",
         ),
         ({"id": "d", "bus": "b", "address": 64}, "less than or equal to 63"),
         ({"id": "d", "bus": "b", "group": 16}, "less than or equal to 15"),
@@ -166,7 +179,7 @@ def test_edge_config_with_a_dali_bus(tmp_path: Path) -> None:
         "edge.yaml:12: devices[0].points[1].writable: source lamp_failure is read-only: "
         "only 'level' is writable",
         "edge.yaml:14: devices[2].points[0].id: 'colour' is not a DALI point: use one of level, "
-        "actual_level, lamp_failure, gear_failure, power_failure, status as the id, "
+        "actual_level, lamp_failure, gear_failure, power_failure, status, presence as the id, "
         "or set 'source' to one of them",
     ]
 
@@ -305,6 +318,48 @@ async def test_broadcast_to_64_lamps_is_one_frame(sim: DaliBusSim, driver: DaliD
     assert [sim.level(n) for n in range(5)] == [220, 170, 170, 170, 220]
     assert values(await driver.read(street, (ALL_POINTS[0],))) == {"level": 10.0914}
     assert sim.frames == 2  # a group is not queried
+
+
+PRESENCE = DaliPointConfig(id="presence")
+
+
+def sensor(n: int, instance: int = 0) -> DaliDeviceConfig:
+    return DaliDeviceConfig(
+        id=f"S-{n}", bus="dali1", kind="sensor", sensor_address=n, instance=instance, points=(PRESENCE,)
+    )
+
+
+async def next_update(updates: AsyncIterator[PushedUpdate]) -> PushedUpdate:
+    return await asyncio.wait_for(anext(updates), 5)
+
+
+async def test_occupancy_events_become_presence_updates() -> None:
+    async with DaliBusSim(lamps=2, sensors=3, timing=0) as sim, DaliDriver(
+        bus(sim.path), [lamp(0), sensor(0), sensor(2)]
+    ) as d:
+        assert await d.read(sensor(2), (PRESENCE,)) == [
+            PointReading("presence", None, Quality.STALE, "no event from D2.I0 yet")
+        ]
+        updates = d.updates()
+        sim.occupancy(2)
+        u = await next_update(updates)
+        assert (u.device, u.reading, u.event) == ("S-2", PointReading("presence", True), "presence")
+        assert abs(u.ts_ms - time.time() * 1000) < 5000
+        sim.occupancy(1)  # not configured: ignored
+        sim.occupancy(0, occupied=False)
+        u = await next_update(updates)
+        assert (u.device, u.reading.value) == ("S-0", False)
+        assert values(await d.read(sensor(2), (PRESENCE,))) == {"presence": True}
+        assert sim.stats.forward_frames == 3  # the event frames share the bus with the master's
+
+        # The master reconnects (port reopened after an error): events keep coming.
+        d._close()
+        assert values(await d.read(lamp(0), ALL_POINTS[:1])) == {"level": 100.0}
+        sim.occupancy(2, occupied=False)
+        u = await next_update(updates)
+        assert (u.device, u.reading.value) == ("S-2", False)
+    with pytest.raises(StopAsyncIteration):  # closing the driver ends the iterator
+        await next_update(updates)
 
 
 async def test_no_master_is_unavailable(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from broker import Mosquitto
@@ -21,6 +23,8 @@ LAMPS = 4
 
 def edge_yaml(mqtt_port: int, data_dir: Path, socket: Path, serial_port: str) -> str:
     lamps = "\n".join(f"  - {{id: D-{n:02d}, bus: dali1, address: {n}, template: lamp}}" for n in range(LAMPS))
+    # polled once a minute: a presence event at the hub within seconds came from the event frame
+    lamps += "\n  - {id: PIR-1, bus: dali1, kind: sensor, sensor_address: 1, points: [{id: presence, interval_s: 60}]}"
     return f"""
 gateway: {{id: {GW}}}
 mqtt: {{host: 127.0.0.1, port: {mqtt_port}, keepalive_s: 5, reconnect_max_s: 1}}
@@ -41,10 +45,10 @@ devices:
 """
 
 
-async def test_rest_sets_a_dali_lamp_to_40_percent_and_lamp_failure_raises_an_alarm(
+async def test_rest_sets_a_dali_lamp_to_40_percent_lamp_failure_raises_an_alarm_sensor_reports_presence(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with DaliBusSim(lamps=LAMPS, timing=0, fade_time=1) as sim:
+    async with DaliBusSim(lamps=LAMPS, sensors=2, timing=0, fade_time=1) as sim:
         hub = await start_hub(_settings(tmp_path, mosquitto))
         sock_dir = Path(tempfile.mkdtemp(prefix="cn-", dir="/tmp"))  # AF_UNIX paths are short
         path = tmp_path / "edge.yaml"
@@ -92,8 +96,31 @@ async def test_rest_sets_a_dali_lamp_to_40_percent_and_lamp_failure_raises_an_al
             await eventually(lambda: alarm(True), 10)
             sim.repair_lamp(3)
             await eventually(lambda: alarm(False), 10)
+
+            async def presence() -> list[dict[str, object]]:
+                _, body = await hub.get("/events", device="PIR-1")
+                return [e for e in body["items"] if e["kind"] == "presence"]
+
+            await eventually(lambda: has("PIR-1", "presence", quality="stale"), 10)
+            t0 = time.monotonic()
+            sim.occupancy(1)
+            await eventually(lambda: _nonempty(presence()), 10)
+            assert time.monotonic() - t0 < 5  # immediately, not at the next poll (60 s)
+            (event,) = await presence()
+            assert event["active"] is True and event["point"] == "presence", event
+            await eventually(lambda: has("PIR-1", "presence", value=True, quality="good"), 10)
+            sim.occupancy(1, occupied=False)
+
+            async def vacant() -> bool:
+                return any(e["active"] is False for e in await presence())
+
+            await eventually(vacant, 10)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await hub.client.close()
+
+
+async def _nonempty(items: Awaitable[list[dict[str, object]]]) -> bool:
+    return bool(await items)

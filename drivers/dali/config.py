@@ -13,9 +13,11 @@ from wire import PointType
 from .curve import Curve
 
 # What a point reports; a point whose id is one of these takes it as its source by default.
-Source = Literal["level", "actual_level", "lamp_failure", "gear_failure", "power_failure", "status"]
+Source = Literal[
+    "level", "actual_level", "lamp_failure", "gear_failure", "power_failure", "status", "presence"
+]
 SOURCES: tuple[str, ...] = Source.__args__  # type: ignore[attr-defined]
-_BOOL_SOURCES = frozenset({"lamp_failure", "gear_failure", "power_failure"})
+_BOOL_SOURCES = frozenset({"lamp_failure", "gear_failure", "power_failure", "presence"})
 _PERCENT_SOURCES = frozenset({"level", "actual_level"})
 
 
@@ -75,27 +77,43 @@ class DaliPointConfig(PointConfigBase):
 
 
 class DaliDeviceConfig(DeviceConfigBase):
-    """A control gear (``address`` 0-63), or every gear of a ``group`` (0-15) or of the bus.
+    """A control gear (``address`` 0-63), every gear of a ``group`` (0-15) or of the bus, or an
+    occupancy sensor (``sensor_address`` 0-63 and ``instance`` 0-31, IEC 62386-103/303).
 
     Group and broadcast devices are written with one frame and cannot be queried (several gear
-    would answer at once), so they may only have ``level`` points.
+    would answer at once), so they may only have ``level`` points. Sensors report through their
+    event frames, so they may only have ``presence`` points.
     """
 
     address: int | None = Field(default=None, ge=0, le=63)
     group: int | None = Field(default=None, ge=0, le=15)
     broadcast: bool = False
+    sensor_address: int | None = Field(
+        default=None, ge=0, le=63, description="short address of a control device (part 103)"
+    )
+    instance: int = Field(default=0, ge=0, le=31, description="the sensor's occupancy instance number")
     curve: Curve = "logarithmic"
     points: tuple[DaliPointConfig, ...] = ()
 
     @model_validator(mode="after")
     def _one_address(self) -> Self:
-        given = [k for k in ("address", "group") if getattr(self, k) is not None]
+        given = [k for k in ("address", "group", "sensor_address") if getattr(self, k) is not None]
         if self.broadcast:
             given.append("broadcast")
         if len(given) != 1:
             what = "none" if not given else " and ".join(given)
-            raise ValueError(f"set exactly one of 'address', 'group' or 'broadcast: true' (got {what})")
-        if self.address is None:
+            raise ValueError(
+                f"set exactly one of 'address', 'group', 'broadcast: true' or 'sensor_address' (got {what})"
+            )
+        for i, p in enumerate(self.points):
+            if (p.source == "presence") != (self.sensor_address is not None):
+                raise FieldError(
+                    ("points", i, "source"),
+                    "an occupancy sensor (sensor_address) has only 'presence' points"
+                    if self.sensor_address is not None
+                    else "'presence' comes from an occupancy sensor: set 'sensor_address'",
+                )
+        if self.address is None and self.sensor_address is None:
             for i, p in enumerate(self.points):
                 if p.source != "level":
                     raise FieldError(
@@ -106,9 +124,11 @@ class DaliDeviceConfig(DeviceConfigBase):
         return self
 
     def target(self) -> str:
-        """The address for logs: ``A12``, ``G3`` or ``broadcast``."""
+        """The address for logs: ``A12``, ``G3``, ``broadcast`` or ``D4.I0`` (a sensor)."""
         if self.address is not None:
             return f"A{self.address}"
         if self.group is not None:
             return f"G{self.group}"
+        if self.sensor_address is not None:
+            return f"D{self.sensor_address}.I{self.instance}"
         return "broadcast"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -24,11 +24,13 @@ from drivers.base import (
     PointError,
     PointReading,
     ProtocolError,
+    PushedUpdate,
 )
 from wire import Quality, Value
 
 from .config import DaliBusConfig, DaliDeviceConfig, DaliPointConfig
 from .curve import Curve, arc_to_percent, percent_to_arc
+from .events import SensorIndex, instance_map
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,12 @@ class DaliDriver:
         self._targets: dict[str, int] = {}  # device id -> arc level it is fading to
         self._group_levels: dict[str, float] = {}  # group/broadcast device id -> last commanded %
         self.frames_sent = 0  # forward frames handed to the master (a bus-budget figure later)
+        self._sensors = SensorIndex(self.devices)
+        # python-dali's queue of frames heard on the bus, one per connection (a new protocol
+        # object each time); None between connections. None on the queue: connection closed.
+        self._rx: asyncio.Queue[Any] | None = None
+        self._rx_ready = asyncio.Event()
+        self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -71,9 +79,15 @@ class DaliDriver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closed = True
         self._close()
+        self._rx_ready.set()  # wake updates() so that it ends
 
     def _close(self) -> None:
+        rx, self._rx = self._rx, None
+        self._rx_ready.clear()
+        if rx is not None:
+            rx.put_nowait(None)
         master, self._master = self._master, None
         # python-dali's serial drivers have no close(): the asyncio transport is theirs to hold
         transport = getattr(master, "_transport", None)
@@ -82,7 +96,9 @@ class DaliDriver:
 
     async def _connect(self) -> DriverLubaRs232:
         """Open the serial port and run the LUBA handshake (device info, settings)."""
-        master = DriverLubaRs232(self.bus.describe(), bus_power=self.bus.bus_power)
+        master = DriverLubaRs232(
+            self.bus.describe(), dev_inst_map=instance_map(self.devices), bus_power=self.bus.bus_power
+        )
         self._master = master
         try:
             async with asyncio.timeout(self.bus.connect_timeout_s):
@@ -94,6 +110,9 @@ class DaliDriver:
                 f"({type(err).__name__}{': ' + str(err) if str(err) else ''})"
             ) from err
         log.info("dali bus %s connected (%s)", self.bus.id, self.bus.describe())
+        if self._sensors:
+            self._rx = master.new_dali_rx_queue()
+            self._rx_ready.set()
         return master
 
     async def _ready(self) -> DriverLubaRs232:
@@ -157,12 +176,32 @@ class DaliDriver:
             self._failing.discard(dev.id)
             log.debug("dali device %s on bus %s recovered", dev.id, self.bus.id)
 
+    # -- pushed updates --------------------------------------------------------------------
+
+    async def updates(self) -> AsyncIterator[PushedUpdate]:
+        """Presence updates from the configured sensors' event frames; ends when the driver closes.
+
+        Follows reconnects: each connection has its own receive queue.
+        """
+        while not self._closed:
+            rx = self._rx
+            if rx is None:
+                await self._rx_ready.wait()
+                continue
+            frame = await rx.get()
+            if frame is None:
+                continue  # that connection closed: wait for the next one
+            for update in self._sensors.update(frame):
+                yield update
+
     # -- read ------------------------------------------------------------------------------
 
     async def read(self, device: DeviceConfigBase, points: Sequence[PointConfigBase]) -> list[PointReading]:
         """QUERY ACTUAL LEVEL and/or QUERY STATUS once each, whatever points ask for them."""
         dev = _device(device)
         pts = _points(points)
+        if dev.sensor_address is not None:
+            return await self._sensor_readings(dev, pts)
         if dev.address is None:
             return [self._group_reading(dev, p) for p in pts]
         sources = {p.source for p in pts}
@@ -204,6 +243,20 @@ class DaliDriver:
                 p.id, None, Quality.DEVICE_ERROR, "gear answers MASK to QUERY ACTUAL LEVEL (lamp failure?)"
             )
         return _ranged(p, arc_to_percent(actual, dev.curve))
+
+    async def _sensor_readings(
+        self, dev: DaliDeviceConfig, pts: Sequence[DaliPointConfig]
+    ) -> list[PointReading]:
+        """A sensor's last event; opens the bus if it is down, so that events keep coming."""
+        async with self._lock:
+            try:
+                await self._ready()
+            except DeviceUnavailable as err:
+                raise self._fail(dev, err) from err
+        occupied = self._sensors.occupied.get(dev.id)
+        if occupied is None:
+            return [PointReading(p.id, None, Quality.STALE, f"no event from {dev.target()} yet") for p in pts]
+        return [PointReading(p.id, occupied) for p in pts]
 
     def _group_reading(self, dev: DaliDeviceConfig, p: DaliPointConfig) -> PointReading:
         level = self._group_levels.get(dev.id)

@@ -2,5 +2,6 @@
 
 from .gear import FADE_TIMES_S, BusStats, Gear, GearBus
 from .luba import DaliBusSim, luba_message
+from .sensor import OccupancySensor
 
-__all__ = ["FADE_TIMES_S", "BusStats", "DaliBusSim", "Gear", "GearBus", "luba_message"]
+__all__ = ["FADE_TIMES_S", "BusStats", "DaliBusSim", "Gear", "GearBus", "OccupancySensor", "luba_message"]

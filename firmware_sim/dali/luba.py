@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Self
 
 from .gear import MASK, BusStats, Gear, GearBus
+from .sensor import OccupancySensor
 
 SYNC = 0x59
 CMD_DEVICE_INFO, RSP_DEVICE_INFO = 0x20, 0x21
@@ -74,9 +75,12 @@ class DaliBusSim:
         fade_time: int = 0,
         physical_min: int = 1,
         level: int = 254,
+        sensors: int = 0,
     ) -> None:
         if not 0 <= lamps <= 64:
             raise ValueError("a DALI bus has 0..64 control gear (short addresses 0-63)")
+        if not 0 <= sensors <= 64:
+            raise ValueError("a DALI bus has 0..64 control devices (short addresses 0-63)")
         if timing < 0:
             raise ValueError("timing must be >= 0")
         gear = []
@@ -87,12 +91,16 @@ class DaliBusSim:
             g.power_cycle_seen = True
             gear.append(g)
         self.bus = GearBus(gear)
+        # occupancy sensors: control devices at short addresses 0.., instance 0 each
+        self.sensors = [OccupancySensor(short_address=n) for n in range(sensors)]
         self.timing = timing
         self.path = ""
         self._master = self._slave = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rx = bytearray()
-        self._txq: asyncio.Queue[tuple[bytes, bool, int, int]] = asyncio.Queue(maxsize=TX_BUFFER)
+        # frames waiting for the bus: (frame, send twice, priority, LUBA frame id); frame id None
+        # is an input device's event frame, which the master receives rather than sends
+        self._txq: asyncio.Queue[tuple[bytes, bool, int, int | None]] = asyncio.Queue(maxsize=TX_BUFFER)
         self._worker: asyncio.Task[None] | None = None
         self._tx_id = 0
         self._t_start = 0.0
@@ -179,6 +187,25 @@ class DaliBusSim:
     def set_fade_time(self, n: int, code: int) -> None:
         """Set gear ``n``'s fade time code (0-15, IEC 62386-102 Table 5)."""
         self.gear(n).fade_time = code
+
+    def sensor(self, n: int) -> OccupancySensor:
+        """The occupancy sensor with short address ``n``."""
+        for s in self.sensors:
+            if s.short_address == n:
+                return s
+        raise KeyError(f"no occupancy sensor with short address {n}")
+
+    def occupancy(self, n: int, occupied: bool = True, *, movement: bool | None = None) -> None:
+        """Sensor ``n`` detects (or stops detecting) presence: it sends one event frame.
+
+        The frame goes on the bus after the frame in flight, at priority 4 (IEC 62386-103
+        §9.6.1: event priority default), and reaches the master as a received 24-bit frame.
+        """
+        s = self.sensor(n)
+        s.occupied = occupied
+        s.events_sent += 1
+        frame = s.event_frame(movement=occupied if movement is None else movement)
+        self._txq.put_nowait((frame, False, 4, None))
 
     @property
     def stats(self) -> BusStats:
@@ -292,7 +319,10 @@ class DaliBusSim:
                     start = max(self._now(), self._bus_free_at + settle * scale)
                     await self._sleep_until(start + duration)
                 answers = self.bus.forward(frame, self._now())
-                self._event(EVENT_SENT | len(frame) * 8, [tx_id, *frame])
+                if tx_id is None:  # an input device's event: the master hears it on the bus
+                    self._event(EVENT_RECEIVED | len(frame) * 8, frame)
+                else:
+                    self._event(EVENT_SENT | len(frame) * 8, [tx_id, *frame])
                 if answers and scale:
                     await self._sleep_until(self._now() + (SETTLE_BACKWARD_S + BACKWARD_S) * scale)
                 if len(answers) == 1:
