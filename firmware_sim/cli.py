@@ -8,6 +8,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     da = sub.add_parser("dali", help="a DALI bus of control gear behind a LUBA RS232 master, on a pty")
     da.add_argument("--lamps", type=int, default=64, help="control gear at short addresses 0.. (max 64)")
     da.add_argument("--fade-time", type=int, default=0, choices=range(16), help="fade time code 0-15")
+    da.add_argument(
+        "--sensors", type=int, default=0, help="occupancy sensors at control-device short addresses 0.."
+    )
+    da.add_argument(
+        "--occupancy-every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="every S seconds one sensor (in turn) toggles occupied/vacant; 0: never",
+    )
     da.add_argument(
         "--timing", type=float, default=1.0, help="frame timing scale: 1 = real 1200 bit/s bus, 0 = instant"
     )
@@ -94,6 +105,18 @@ async def run_modbus(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _toggle_sensors(sim: Any, every: float, stop: asyncio.Event) -> None:
+    """Every ``every`` seconds, the next sensor in turn toggles occupied/vacant (one event)."""
+    n = 0
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+            return
+        sensor = sim.sensors[n % len(sim.sensors)]
+        sim.occupancy(sensor.short_address, not sensor.occupied)
+        n += 1
+
+
 async def run_dali(args: argparse.Namespace) -> int:
     """Serve one DALI bus on a new pty until SIGTERM or SIGINT."""
     from .dali import DaliBusSim
@@ -102,9 +125,17 @@ async def run_dali(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with DaliBusSim(args.lamps, timing=args.timing, fade_time=args.fade_time) as sim:
-        print(f"dali-sim ready {sim.path} interface=luba232 lamps={args.lamps}", flush=True)
-        await stop.wait()
+    async with DaliBusSim(
+        args.lamps, timing=args.timing, fade_time=args.fade_time, sensors=args.sensors
+    ) as sim:
+        print(
+            f"dali-sim ready {sim.path} interface=luba232 lamps={args.lamps} sensors={args.sensors}",
+            flush=True,
+        )
+        if args.sensors and args.occupancy_every > 0:
+            await _toggle_sensors(sim, args.occupancy_every, stop)
+        else:
+            await stop.wait()
     return 0
 
 

@@ -381,14 +381,23 @@ async def test_real_frame_timing() -> None:
 async def test_sim_cli_prints_the_pty_and_serves_it() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "firmware_sim.cli", "dali", "--lamps", "64", "--timing", "0",
+        "--sensors", "2", "--occupancy-every", "0.1",
         stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
-        assert line.startswith("dali-sim ready /dev/pts/") and "lamps=64" in line
-        async with DaliDriver(bus(line.split()[2])) as d:
+        assert line.startswith("dali-sim ready /dev/pts/") and "lamps=64 sensors=2" in line
+        async with DaliDriver(bus(line.split()[2]), [sensor(0), sensor(1)]) as d:
             assert values(await d.read(lamp(63), ALL_POINTS[:1])) == {"level": 100.0}
+            # the sensors take turns: S-0 occupied, S-1 occupied, S-0 vacant, ...
+            seen = [(u.device, u.reading.value) async for u in _take(d.updates(), 3)]
+            assert len(seen) == 3 and {dev for dev, _ in seen} == {"S-0", "S-1"}, seen
     finally:
         proc.terminate()
         assert await proc.wait() == 0
+
+
+async def _take(updates: AsyncIterator[PushedUpdate], n: int) -> AsyncIterator[PushedUpdate]:
+    for _ in range(n):
+        yield await next_update(updates)
