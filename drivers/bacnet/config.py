@@ -101,7 +101,9 @@ class BacnetPointConfig(PointConfigBase):
     # ``property`` in config; the attribute has another name so it does not shadow the builtin.
     prop: str = Field(default="present-value", alias="property", pattern=r"^[a-z][a-z-]*$")
     priority: int = Field(default=DEFAULT_PRIORITY, ge=1, le=16)
-    cov: bool = Field(default=False, description="subscribe to change of value (not yet: polled)")
+    cov: bool = Field(
+        default=False, description="subscribe to change of value (still polled at interval_s as well)"
+    )
 
     @field_validator("object")
     @classmethod
@@ -150,6 +152,11 @@ class BacnetDeviceConfig(DeviceConfigBase):
     device_instance: int = Field(ge=0, le=MAX_INSTANCE)
     read_multiple: bool = Field(
         default=True, description="use ReadPropertyMultiple (falls back to ReadProperty if rejected)"
+    )
+    # ASHRAE 135 §13.14.1.1.4: 0 would be "indefinite", which a restarted device forgets
+    # silently; a finite lifetime is renewed shortly before it expires.
+    cov_lifetime_s: int = Field(
+        default=300, ge=5, le=86400, description="COV subscription lifetime, renewed before expiry"
     )
     points: tuple[BacnetPointConfig, ...] = ()
 

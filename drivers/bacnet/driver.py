@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -25,10 +25,12 @@ from drivers.base import (
     PointError,
     PointReading,
     ProtocolError,
+    PushedUpdate,
 )
 from wire import PointType, Quality, Value
 
 from .config import BacnetBusConfig, BacnetDeviceConfig, BacnetPointConfig
+from .cov import CovState, DeviceLink, Updates, follow
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,11 @@ class BacnetDriver:
         self._no_rpm: set[str] = set()  # devices that rejected ReadPropertyMultiple
         # bacpypes3 retries internally; this outer deadline only guards against a lost future.
         self._deadline_s = bus.apdu_timeout_s * (bus.apdu_retries + 1) + 1.0
+        self._links = {d.id: DeviceLink() for d in self.devices}
+        self._updates = Updates()
+        self._cov_tasks: list[asyncio.Task[None]] = []
+        self._cov_started = False
+        self.cov_states: dict[tuple[str, str], tuple[CovState, str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -169,6 +176,11 @@ class BacnetDriver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        tasks, self._cov_tasks = self._cov_tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._updates.put(None)
         app, self._app = self._app, None
         if app is not None:
             app.close()
@@ -190,15 +202,33 @@ class BacnetDriver:
             async with asyncio.timeout(self._deadline_s):
                 return await coro
         except ErrorRejectAbortNack as err:
-            if _is_no_response(err):
-                raise DeviceUnavailable(f"{self._where(dev)}: no answer to {what}") from None
-            if isinstance(err, ErrorPDU):
-                raise PointError(f"{self._where(dev)}: {what}: {error_text(err)}") from None
-            raise ProtocolError(f"{self._where(dev)}: {what}: {error_text(err)}") from None
+            raise self.translate(dev, what, err) from None
         except TimeoutError as err:
             raise DeviceUnavailable(f"{self._where(dev)}: no answer to {what}") from err
         except (ValueError, TypeError, AttributeError) as err:  # bacpypes3 encode/decode failures
             raise ProtocolError(f"{self._where(dev)}: {what}: {type(err).__name__}: {err}") from err
+
+    def translate(self, dev: BacnetDeviceConfig, what: str, err: BaseException) -> DriverError:
+        """A bacpypes3 error, reject or abort as our DriverError (see ``_call``)."""
+        if _is_no_response(err):
+            return DeviceUnavailable(f"{self._where(dev)}: no answer to {what}")
+        if isinstance(err, ErrorPDU):
+            return PointError(f"{self._where(dev)}: {what}: {error_text(err)}")
+        return ProtocolError(f"{self._where(dev)}: {what}: {error_text(err)}")
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """The bus lock: one request at a time on this network port."""
+        return self._lock
+
+    @property
+    def app(self) -> NormalApplication:
+        """The open bacpypes3 application (DeviceUnavailable when closed)."""
+        return self._app_or_fail()
+
+    def call(self, dev: BacnetDeviceConfig, what: str, coro: Any) -> Any:
+        """``_call`` for the COV module: await one request, failures as DriverErrors."""
+        return self._call(dev, what, coro)
 
     def _app_or_fail(self) -> NormalApplication:
         if self._app is None:
@@ -211,6 +241,16 @@ class BacnetDriver:
         """Read points of one device: one ReadPropertyMultiple, or ReadProperty per point."""
         dev = _device(device)
         pts = _points(points)
+        link = self._links.setdefault(dev.id, DeviceLink())
+        try:
+            readings = await self._read(dev, pts)
+        except DeviceUnavailable:
+            link.failed()
+            raise
+        link.answered()  # wakes COV subscriptions waiting for the device
+        return readings
+
+    async def _read(self, dev: BacnetDeviceConfig, pts: Sequence[BacnetPointConfig]) -> list[PointReading]:
         async with self._lock:
             if dev.read_multiple and dev.id not in self._no_rpm:
                 try:
@@ -248,7 +288,7 @@ class BacnetDriver:
                 out.append(PointReading(p.id, None, Quality.DEVICE_ERROR, f"{p.object} {p.prop}: missing"))
                 continue
             flags = values.get((p.object, "status-flags"))
-            out.append(self._reading(p, values[key], flags))
+            out.append(self.reading(p, values[key], flags))
         return out
 
     async def _read_rp(self, dev: BacnetDeviceConfig, p: BacnetPointConfig) -> PointReading:
@@ -265,9 +305,10 @@ class BacnetDriver:
                 )
         except PointError as err:
             return PointReading(p.id, None, Quality.DEVICE_ERROR, str(err))
-        return self._reading(p, value, flags)
+        return self.reading(p, value, flags)
 
-    def _reading(self, p: BacnetPointConfig, value: Any, flags: Any) -> PointReading:
+    def reading(self, p: BacnetPointConfig, value: Any, flags: Any) -> PointReading:
+        """A decoded present-value and status-flags as a reading with its quality."""
         if isinstance(value, ErrorType):
             return PointReading(
                 p.id,
@@ -299,6 +340,43 @@ class BacnetDriver:
             )
         name = str(EngineeringUnits(units)) if not isinstance(units, str) else units
         return UNIT_SYMBOLS.get(name, name)
+
+    # -- COV -------------------------------------------------------------------------------
+
+    async def updates(self) -> AsyncIterator[PushedUpdate]:
+        """COV notifications of the ``cov: true`` points as they arrive; ends when the driver closes.
+
+        The first call subscribes (one task per point, renewed before the lifetime ends).
+        """
+        if self._app is None:
+            return
+        self._start_cov()
+        while True:
+            update = await self._updates.queue.get()
+            if update is None:
+                return
+            yield update
+
+    def _start_cov(self) -> None:
+        if self._cov_started:
+            return
+        self._cov_started = True
+        for dev in self.devices:
+            link = self._links.setdefault(dev.id, DeviceLink())
+            for p in dev.points:
+                if p.cov:
+                    self._cov_tasks.append(
+                        asyncio.create_task(
+                            follow(self, dev, p, link, self._updates.put, self._cov_setter(dev, p)),
+                            name=f"bacnet-cov-{self.bus.id}-{dev.id}-{p.id}",
+                        )
+                    )
+
+    def _cov_setter(self, dev: BacnetDeviceConfig, p: BacnetPointConfig) -> Any:
+        def set_state(state: CovState, why: str) -> None:
+            self.cov_states[(dev.id, p.id)] = (state, why)
+
+        return set_state
 
     # -- write -----------------------------------------------------------------------------
 

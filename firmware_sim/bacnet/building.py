@@ -98,6 +98,19 @@ def _native(value: Any) -> Any:
     return value
 
 
+def _flags_changed(obj: Any, before: Any) -> None:
+    """Tell the object's COV detection that its status flags changed.
+
+    bacpypes3 computes status-flags from event state, reliability and out-of-service, so no
+    property monitor fires when they change and COV notifications would carry stale flags
+    (ASHRAE 135 §13.1.2 wants a notification when the flags change).
+    """
+    after = obj.statusFlags
+    if after != before:
+        for monitor in list(obj._property_monitors["statusFlags"]):
+            monitor(before, after)
+
+
 async def _ready(app: NormalApplication, timeout_s: float = 5.0) -> None:
     """Wait until the application's socket is bound (bacpypes3 binds in a task, retrying)."""
     tasks = app.normal.server._transport_tasks
@@ -111,6 +124,13 @@ async def _ready(app: NormalApplication, timeout_s: float = 5.0) -> None:
         raise
 
 
+class _NoCovApplication(NormalApplication):  # type: ignore[misc]
+    """A device without SubscribeCOV: bacpypes3 answers a service without a handler with a
+    Reject (unrecognized-service), as a device that does not implement it must (ASHRAE 135 §18.9)."""
+
+    do_SubscribeCOVRequest = None
+
+
 class BuildingSim:
     """A building's BACnet/IP device on ``host:port``; an async context manager."""
 
@@ -122,6 +142,7 @@ class BuildingSim:
         instance: int = 1001,
         name: str = "building",
         layout: Layout | None = None,
+        cov: bool = True,
     ) -> None:
         if port == 0:
             raise ValueError("give the simulator a fixed port: clients need to know it")
@@ -130,6 +151,7 @@ class BuildingSim:
         self.instance = instance
         self.name = name
         self.layout = layout or Layout()
+        self.cov = cov
         self.app: NormalApplication | None = None
         self._objects: dict[ObjectIdentifier, Any] = {}
 
@@ -203,7 +225,8 @@ class BuildingSim:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((self.host, self.port))
         # A host address without a mask (/32): no broadcast listener on a shared port.
-        self.app = NormalApplication(device, IPv4Address(f"{self.host}:{self.port}"))
+        app_class = NormalApplication if self.cov else _NoCovApplication
+        self.app = app_class(device, IPv4Address(f"{self.host}:{self.port}"))
         await _ready(self.app)
         for obj in self._build_objects():
             self.app.add_object(obj)
@@ -250,9 +273,11 @@ class BuildingSim:
 
     def _set_binary(self, oid: str, active: bool, alarm: bool = True) -> None:
         obj = self.obj(oid)
-        obj.presentValue = BinaryPV.active if active else BinaryPV.inactive
         if alarm:
+            before = obj.statusFlags
             obj.eventState = EventState.offnormal if active else EventState.normal
+            _flags_changed(obj, before)
+        obj.presentValue = BinaryPV.active if active else BinaryPV.inactive
 
     def _zone(self, zone: int, count: int, what: str) -> None:
         if not 1 <= zone <= count:
@@ -281,11 +306,16 @@ class BuildingSim:
     def set_fault(self, oid: str, fault: bool = True) -> None:
         """Mark an object faulty (reliability not no-fault-detected -> status flag fault)."""
         obj = self.obj(oid)
+        before = obj.statusFlags
         obj.reliability = Reliability.unreliableOther if fault else Reliability.noFaultDetected
+        _flags_changed(obj, before)
 
     def set_out_of_service(self, oid: str, oos: bool = True) -> None:
         """Take an object out of service (status flag out-of-service)."""
-        self.obj(oid).outOfService = oos
+        obj = self.obj(oid)
+        before = obj.statusFlags
+        obj.outOfService = oos
+        _flags_changed(obj, before)
 
     def reset(self) -> None:
         """Panel reset: every fire and intrusion zone and door contact back to normal."""
