@@ -43,6 +43,13 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_budget(b: dict[str, Any] | None) -> str:
+    """``12.5/27.8 frames/s (45%)``: used vs available at the current mix; ``-`` if not kept."""
+    if not b:
+        return "-"
+    return f"{b['frames_per_s']}/{b['max_frames_per_s']} frames/s ({b['utilisation']:.0%})"
+
+
 def _print_status(s: dict[str, Any]) -> None:
     up = s["uplink"]
     state = "connected" if up["connected"] else f"DISCONNECTED ({up['last_error'] or 'connecting'})"
@@ -70,10 +77,11 @@ def _print_status(s: dict[str, Any]) -> None:
                     "running" if b["running"] else "STOPPED",
                     str(b["reads"]),
                     str(b["restarts"]),
+                    _fmt_budget(b.get("budget")),
                 ]
                 for b in s["buses"]
             ],
-            ["BUS", "DRIVER", "STATE", "READS", "RESTARTS"],
+            ["BUS", "DRIVER", "STATE", "READS", "RESTARTS", "BUS BUDGET"],
         )
     )
     print()

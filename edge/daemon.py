@@ -143,6 +143,8 @@ class Edge:
                     "reads": p.reads_total,
                     "points_read": p.points_read,
                     "restarts": self.tasks.get(f"poller-{bus_id}", TaskHealth()).restarts,
+                    "pushed": p.pushed_total,
+                    "budget": _budget(p),
                 }
                 for bus_id, p in self.pollers.items()
             ],
@@ -228,6 +230,15 @@ class Edge:
             await asyncio.sleep(interval or 3600)
             if interval and self.healthy():
                 systemd.notify("WATCHDOG=1")
+
+
+def _budget(poller: BusPoller) -> dict[str, Any] | None:
+    """The bus budget of a driver that keeps one (``budget()``: frames/s used vs available)."""
+    budget = getattr(poller.driver, "budget", None)
+    if not callable(budget):
+        return None
+    result: dict[str, Any] = budget()
+    return result
 
 
 async def run(config: EdgeConfig) -> None:

@@ -25,6 +25,7 @@ from drivers.dali import (
     arc_to_percent,
     percent_to_arc,
 )
+from drivers.dali.budget import BusBudget
 from edge import config as edge_config
 from firmware_sim.dali import FADE_TIMES_S, DaliBusSim
 from wire import PointType, Quality
@@ -360,6 +361,56 @@ async def test_occupancy_events_become_presence_updates() -> None:
         assert (u.device, u.reading.value) == ("S-2", False)
     with pytest.raises(StopAsyncIteration):  # closing the driver ends the iterator
         await next_update(updates)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_bus_budget_counts_a_sliding_window() -> None:
+    clock = FakeClock()
+    b = BusBudget(window_s=10, clock=clock)
+    clock.t += 20
+    assert b.snapshot()["utilisation"] == 0
+    assert b.snapshot()["max_frames_per_s"] == 30.0  # an idle bus: all commands
+    b.record("command", 100)  # 100 commands and 100 queries in 10 s
+    b.record("query", 100)
+    snap = b.snapshot()
+    assert snap["frames_per_s"] == 20.0
+    assert (snap["commands_per_s"], snap["queries_per_s"]) == (10.0, 10.0)
+    assert snap["utilisation"] == round(10 / 30 + 10 / 25, 3)  # 73 % of the bus time
+    assert snap["max_frames_per_s"] == round(2 / (1 / 30 + 1 / 25), 1)  # 27.3 at this mix
+    assert (snap["max_commands_per_s"], snap["max_queries_per_s"]) == (30, 25)
+    clock.t += 10.5
+    b.record("event")
+    snap = b.snapshot()
+    assert (snap["frames_per_s"], snap["events_per_s"], snap["frames_total"]) == (0.1, 0.1, 201)
+
+
+def test_bus_budget_over_a_short_uptime() -> None:
+    clock = FakeClock()
+    b = BusBudget(window_s=10, clock=clock)
+    clock.t += 2
+    b.record("query", 50)  # 25 queries/s for 2 s: the bus is full
+    snap = b.snapshot()
+    assert (snap["window_s"], snap["queries_per_s"], snap["utilisation"]) == (2.0, 25.0, 1.0)
+
+
+async def test_driver_budget_at_real_timing() -> None:
+    async with DaliBusSim(lamps=4, timing=1.0) as s, DaliDriver(bus(s.path)) as d:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            await d.read(lamp(0), ALL_POINTS[:1])
+        snap = d.budget()
+        # one QUERY ACTUAL LEVEL after the other: the bus is (nearly) full
+        assert 15 <= snap["queries_per_s"] <= 30, snap
+        assert snap["commands_per_s"] == 0
+        assert 0.6 <= snap["utilisation"] <= 1.25, snap
+        assert snap["frames_total"] == s.frames
 
 
 async def test_no_master_is_unavailable(tmp_path: Path) -> None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import tempfile
 import time
 from collections.abc import Awaitable
 from pathlib import Path
 
+import pytest
 from broker import Mosquitto
 from hubtest import _settings, eventually, start_hub
 
 from drivers.dali import arc_to_percent
 from edge import config as edge_config
+from edge.cli import _print_status
 from edge.daemon import Edge
 from firmware_sim.dali import FADE_TIMES_S, DaliBusSim
 
@@ -46,7 +49,7 @@ devices:
 
 
 async def test_rest_sets_a_dali_lamp_to_40_percent_lamp_failure_raises_an_alarm_sensor_reports_presence(
-    tmp_path: Path, mosquitto: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with DaliBusSim(lamps=LAMPS, sensors=2, timing=0, fade_time=1) as sim:
         hub = await start_hub(_settings(tmp_path, mosquitto))
@@ -115,6 +118,20 @@ async def test_rest_sets_a_dali_lamp_to_40_percent_lamp_failure_raises_an_alarm_
                 return any(e["active"] is False for e in await presence())
 
             await eventually(vacant, 10)
+
+            # the bus budget in `citynerve-edge status`
+            (bus,) = (await edge.op_status({}))["buses"]
+            assert bus["pushed"] == 2
+            budget = bus["budget"]
+            # the simulator runs with timing=0 here, so the bus is "faster" than 1200 bit/s:
+            # test_driver_budget_at_real_timing checks the figures against the real timing
+            assert budget["frames_per_s"] > 0 and 25 <= budget["max_frames_per_s"] <= 30, budget
+            assert budget["events_per_s"] > 0 and budget["queries_per_s"] > 0, budget
+            assert budget["utilisation"] > 0, budget
+            _print_status(await edge.op_status({}))
+            out = capsys.readouterr().out
+            assert "BUS BUDGET" in out
+            assert re.search(r"dali1 +dali +running .* [0-9.]+/[0-9.]+ frames/s \([0-9]+%\)", out), out
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

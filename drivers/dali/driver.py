@@ -28,6 +28,7 @@ from drivers.base import (
 )
 from wire import Quality, Value
 
+from .budget import BusBudget
 from .config import DaliBusConfig, DaliDeviceConfig, DaliPointConfig
 from .curve import Curve, arc_to_percent, percent_to_arc
 from .events import SensorIndex, instance_map
@@ -56,7 +57,8 @@ class DaliDriver:
         self._failing: set[str] = set()  # devices whose last exchange failed
         self._targets: dict[str, int] = {}  # device id -> arc level it is fading to
         self._group_levels: dict[str, float] = {}  # group/broadcast device id -> last commanded %
-        self.frames_sent = 0  # forward frames handed to the master (a bus-budget figure later)
+        self.frames_sent = 0  # forward frames handed to the master
+        self._budget = BusBudget()
         self._sensors = SensorIndex(self.devices)
         # python-dali's queue of frames heard on the bus, one per connection (a new protocol
         # object each time); None between connections. None on the queue: connection closed.
@@ -129,7 +131,9 @@ class DaliDriver:
         where = f"{dev.id} ({dev.target()}) on {self.bus.describe()}"
         try:
             master = await self._ready()
-            self.frames_sent += 2 if cmd.sendtwice else 1
+            frames = 2 if cmd.sendtwice else 1
+            self.frames_sent += frames
+            self._budget.record("command" if cmd.response is None else "query", frames)
             return await master.send(cmd, priority=priority)
         except TransmissionError as err:
             raise self._fail(dev, DeviceUnavailable(f"{where}: the master refused {cmd}: {err}")) from err
@@ -176,6 +180,10 @@ class DaliDriver:
             self._failing.discard(dev.id)
             log.debug("dali device %s on bus %s recovered", dev.id, self.bus.id)
 
+    def budget(self) -> dict[str, float | int]:
+        """Frames/s used on this bus vs available at 1200 bit/s (``citynerve-edge status``)."""
+        return self._budget.snapshot()
+
     # -- pushed updates --------------------------------------------------------------------
 
     async def updates(self) -> AsyncIterator[PushedUpdate]:
@@ -191,6 +199,7 @@ class DaliDriver:
             frame = await rx.get()
             if frame is None:
                 continue  # that connection closed: wait for the next one
+            self._budget.record("event")
             for update in self._sensors.update(frame):
                 yield update
 
