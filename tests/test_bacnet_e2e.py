@@ -20,6 +20,8 @@ import pytest
 from broker import Mosquitto
 from hubtest import Hub, _settings, eventually, start_hub
 
+from drivers.bacnet import BacnetDriver
+from drivers.bacnet.cov import CovState
 from edge import config as edge_config
 from edge.daemon import Edge
 from firmware_sim.bacnet import BuildingSim
@@ -63,6 +65,9 @@ devices:
       - {{id: zone-1-setpoint, object: "analog-value,1", unit: °C, writable: true, min: 5, max: 35, interval_s: 0.2}}
       - {{id: door-1-lock, object: "binary-output,1", writable: true, priority: 10, interval_s: 0.2}}
       - {{id: energy, object: "analog-input,100", unit: kWh, interval_s: 1}}
+      # COV points, polled only every minute: a change seen sooner came by COV.
+      - {{id: fire-4, object: "binary-input,4", alarm: fire, cov: true, interval_s: 60}}
+      - {{id: zone-2-temp, object: "analog-input,2", unit: °C, cov: true, interval_s: 60}}
 """
 
 
@@ -141,9 +146,11 @@ async def test_objects_appear_at_the_hub_as_a_device_with_points(building: Build
         "door-1-lock",
         "energy",
         "fire-3",
+        "fire-4",
         "intrusion-1",
         "zone-1-setpoint",
         "zone-1-temp",
+        "zone-2-temp",
     ]
 
 
@@ -212,3 +219,29 @@ async def test_setpoint_written_by_rest_lands_at_priority_12_and_lock_at_its_pri
     )
     assert (status, body["error"]["code"]) == (422, "out_of_range"), body
     assert building.sim.priority_array("analog-value,1")[12 - 1] == 23.5
+
+
+async def test_cov_changes_reach_the_hub_without_waiting_for_the_poll(building: Building) -> None:
+    await building.wait_point("zone-2-temp", value=21.0, quality="good")
+    await building.wait_point("fire-4", value=False, quality="good")
+    driver = building.edge.pollers["bms"].driver
+    assert isinstance(driver, BacnetDriver)
+    await eventually(lambda: _subscribed(driver, ("fire-4", "zone-2-temp")), 5)
+    started = time.monotonic()
+    building.sim.set_temperature(2, 23.5)
+    building.sim.fire(4)
+    await building.wait_point("zone-2-temp", value=23.5, quality="good")
+
+    async def raised() -> bool:
+        _, body = await building.hub.get("/events", device=BUILDING)
+        return any(e["point"] == "fire-4" and e["active"] for e in body["items"])
+
+    await eventually(raised, 5)
+    assert time.monotonic() - started < 1.0  # the next poll is a minute away
+    status = await building.edge.op_status({})
+    assert status["buses"][0]["pushed"] >= 2
+
+
+async def _subscribed(driver: BacnetDriver, points: tuple[str, ...]) -> bool:
+    states = {pid: state for (_dev, pid), (state, _why) in driver.cov_states.items()}
+    return all(states.get(p) is CovState.SUBSCRIBED for p in points)
