@@ -180,7 +180,7 @@ def test_edge_config_with_a_dali_bus(tmp_path: Path) -> None:
         "edge.yaml:12: devices[0].points[1].writable: source lamp_failure is read-only: "
         "only 'level' is writable",
         "edge.yaml:14: devices[2].points[0].id: 'colour' is not a DALI point: use one of level, "
-        "actual_level, lamp_failure, gear_failure, power_failure, status, presence as the id, "
+        "actual_level, lamp_failure, gear_failure, power_failure, status, energy, power, presence as the id, "
         "or set 'source' to one of them",
     ]
 
@@ -361,6 +361,51 @@ async def test_occupancy_events_become_presence_updates() -> None:
         assert (u.device, u.reading.value) == ("S-2", False)
     with pytest.raises(StopAsyncIteration):  # closing the driver ends the iterator
         await next_update(updates)
+
+
+ENERGY = DaliPointConfig(id="energy", unit="Wh", interval_s=900)
+POWER = DaliPointConfig(id="power", unit="W", interval_s=900)
+
+
+async def test_d4i_energy_and_power_from_memory_bank_202(sim: DaliBusSim, driver: DaliDriver) -> None:
+    g = sim.gear(4)
+    g.set_energy(12345.6, asyncio.get_running_loop().time())  # a lamp that has run for years
+    got = values(await driver.read(lamp(4), (ENERGY, POWER)))
+    assert got["power"] == 60.0  # rated 60 W at 100 %
+    assert got["energy"] == pytest.approx(sim.energy_wh(4), abs=0.05)  # scale -1: 0.1 Wh
+    assert got["energy"] >= 12345.6
+    sim.reset_stats()
+    await driver.read(lamp(4), (ENERGY,))
+    # DTR1, DTR0, then 7 READ MEMORY LOCATION (scale byte + 6 bytes): the value is read rarely
+    assert sim.frames == 9
+
+    # at 10 % light (arc 170) the power is 10 % of the rated power
+    await driver.write(lamp(4), ALL_POINTS[0], 10)
+    assert values(await driver.read(lamp(4), (POWER,))) == {"power": 6.1}
+    # another scale: 0.01 W and 10 Wh resolution
+    g.power_scale, g.energy_scale = -2, 1
+    got = values(await driver.read(lamp(4), (ENERGY, POWER)))
+    assert got["power"] == round(60 * arc_to_percent(170) / 100, 2)
+    assert got["energy"] == round(sim.energy_wh(4), -1)
+
+
+async def test_d4i_energy_is_the_integral_of_power(sim: DaliBusSim, driver: DaliDriver) -> None:
+    sim.gear(1).energy_scale = -3  # mWh
+    before = values(await driver.read(lamp(1), (ENERGY,)))["energy"]
+    t0 = time.monotonic()
+    await asyncio.sleep(0.5)
+    after = values(await driver.read(lamp(1), (ENERGY,)))["energy"]
+    elapsed = time.monotonic() - t0
+    # 60 W for ~0.5 s is ~8.3 mWh
+    assert after - before == pytest.approx(60 * elapsed / 3600, abs=0.002)
+
+
+async def test_gear_without_d4i(sim: DaliBusSim, driver: DaliDriver) -> None:
+    sim.gear(2).d4i = False
+    readings = await driver.read(lamp(2), (ENERGY, ALL_POINTS[0]))
+    assert readings[0].quality is Quality.DEVICE_ERROR
+    assert "no D4i memory bank 202" in readings[0].error
+    assert readings[1] == PointReading("level", 100.0)
 
 
 class FakeClock:

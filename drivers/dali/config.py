@@ -14,7 +14,15 @@ from .curve import Curve
 
 # What a point reports; a point whose id is one of these takes it as its source by default.
 Source = Literal[
-    "level", "actual_level", "lamp_failure", "gear_failure", "power_failure", "status", "presence"
+    "level",
+    "actual_level",
+    "lamp_failure",
+    "gear_failure",
+    "power_failure",
+    "status",
+    "energy",
+    "power",
+    "presence",
 ]
 SOURCES: tuple[str, ...] = Source.__args__  # type: ignore[attr-defined]
 _BOOL_SOURCES = frozenset({"lamp_failure", "gear_failure", "power_failure", "presence"})

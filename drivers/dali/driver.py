@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 
 from dali import address
 from dali.command import Command
 from dali.driver.serial import DriverLubaRs232
-from dali.exceptions import DALIError, TransmissionError
+from dali.exceptions import DALIError, MemoryLocationNotImplemented, ResponseError, TransmissionError
 from dali.gear import general as gg
+from dali.memory import energy
 from serialx import SerialException
 
 from drivers.base import (
@@ -40,6 +42,10 @@ MASK = 0xFF
 GEAR_FAILURE, LAMP_FAILURE, LAMP_ON, LIMIT_ERROR = 0x01, 0x02, 0x04, 0x08
 FADE_RUNNING, RESET_STATE, MISSING_SHORT_ADDRESS, POWER_FAILURE = 0x10, 0x20, 0x40, 0x80
 _STATUS_BIT = {"lamp_failure": LAMP_FAILURE, "gear_failure": GEAR_FAILURE, "power_failure": POWER_FAILURE}
+_LEVEL_SOURCES = frozenset({"level", "actual_level"})
+# D4i values in memory bank 202 (DiiA Part 252), each with its scale byte
+_D4I: dict[str, Any] = {"energy": energy.ActiveEnergy, "power": energy.ActivePower}
+Sequence_ = Generator[Command, Any, Any]
 # Transmit priorities (IEC 62386-101 Table 22, chosen per 103 §9.14): an operator's command
 # goes before routine polling when several masters share the bus.
 PRIORITY_COMMAND = 2
@@ -126,17 +132,43 @@ class DaliDriver:
 
     # -- frames ----------------------------------------------------------------------------
 
-    async def _send(self, dev: DaliDeviceConfig, cmd: Command, priority: int) -> Any:
-        """One frame (and its answer, for a query); DriverError only."""
+    def _count(self, cmd: Command) -> None:
+        frames = 2 if cmd.sendtwice else 1
+        self.frames_sent += frames
+        self._budget.record("command" if cmd.response is None else "query", frames)
+
+    def _counted(self, seq: Sequence_) -> Sequence_:
+        """Pass a python-dali sequence through, counting the frames it sends."""
+        response = None
+        while True:
+            try:
+                cmd = seq.send(response)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(cmd, Command):
+                self._count(cmd)
+            response = yield cmd
+
+    async def _send(self, dev: DaliDeviceConfig, cmd: Command | Sequence_, priority: int) -> Any:
+        """One frame (and its answer, for a query), or a sequence as one transaction; DriverError only.
+
+        A sequence goes out at ``priority`` for its first frame and 1 for the rest
+        (IEC 62386-101 §9.3 transaction), so DTR1/DTR0/READ MEMORY LOCATION stay together.
+        """
         where = f"{dev.id} ({dev.target()}) on {self.bus.describe()}"
         try:
             master = await self._ready()
-            frames = 2 if cmd.sendtwice else 1
-            self.frames_sent += frames
-            self._budget.record("command" if cmd.response is None else "query", frames)
-            return await master.send(cmd, priority=priority)
+            if isinstance(cmd, Command):
+                self._count(cmd)
+                return await master.send(cmd, priority=priority)
+            return await master.send(self._counted(cmd), priority=priority)
         except TransmissionError as err:
             raise self._fail(dev, DeviceUnavailable(f"{where}: the master refused {cmd}: {err}")) from err
+        except MemoryLocationNotImplemented as err:
+            # no answer to READ MEMORY LOCATION: the gear has no such bank (not D4i) or is gone
+            raise _MemoryNotImplemented(f"{where}: no D4i memory bank 202 ({err})") from err
+        except ResponseError as err:
+            raise self._fail(dev, ProtocolError(f"{where}: garbled answer reading memory: {err}")) from err
         except (TimeoutError, OSError, DALIError) as err:
             # The master stopped confirming frames or the port went away: reconnect next time.
             self._close()
@@ -215,12 +247,15 @@ class DaliDriver:
             return [self._group_reading(dev, p) for p in pts]
         sources = {p.source for p in pts}
         addr = address.GearShort(dev.address)
+        d4i: dict[str, PointReading] = {}
         async with self._lock:
             actual = status = None
+            for source in sorted(sources & _D4I.keys()):
+                d4i[source] = await self._read_d4i(dev, source)
             if sources & {"level", "actual_level"}:
                 actual = await self._query(dev, gg.QueryActualLevel(addr))
             target = self._targets.get(dev.id)
-            if sources - {"level", "actual_level"} or (
+            if sources - _LEVEL_SOURCES - _D4I.keys() or (
                 "level" in sources and target is not None and target != actual
             ):
                 status = await self._query(dev, gg.QueryStatus(addr))
@@ -228,7 +263,20 @@ class DaliDriver:
             if target == actual or (status is not None and not status & FADE_RUNNING):
                 self._targets.pop(dev.id, None)  # the fade is over (or was stopped)
                 target = None
-        return [self._reading(dev, p, actual, status, target) for p in pts]
+        return [self._reading(dev, p, actual, status, target, d4i) for p in pts]
+
+    async def _read_d4i(self, dev: DaliDeviceConfig, source: str) -> PointReading:
+        """Active energy (Wh) or power (W) from memory bank 202, with its scale byte applied."""
+        value_type = _D4I[source]
+        assert dev.address is not None
+        try:
+            value = await self._send(dev, value_type.read(address.GearShort(dev.address)), PRIORITY_POLL)
+        except _MemoryNotImplemented as err:
+            return PointReading(source, None, Quality.DEVICE_ERROR, str(err))
+        if not isinstance(value, Decimal):  # MASK/TMASK/invalid scale (DiiA Part 252 §9)
+            return PointReading(source, None, Quality.DEVICE_ERROR, f"memory bank 202 {source}: {value}")
+        self._recovered(dev)
+        return PointReading(source, float(value))
 
     def _reading(
         self,
@@ -237,7 +285,11 @@ class DaliDriver:
         actual: int | None,
         status: int | None,
         target: int | None,
+        d4i: dict[str, PointReading],
     ) -> PointReading:
+        if p.source in _D4I:
+            got = d4i[p.source]
+            return got._replace(point=p.id) if got.value is None else _ranged(p, float(got.value))
         if p.source == "status":
             assert status is not None
             return PointReading(p.id, status)
@@ -354,6 +406,10 @@ class DaliDriver:
         )
         async with self._lock:
             return await self._query(dev, cmd(address.GearShort(short_address)))
+
+
+class _MemoryNotImplemented(PointError):
+    """READ MEMORY LOCATION got no answer: the bank is not implemented."""
 
 
 def _ranged(p: DaliPointConfig, value: float) -> PointReading:

@@ -31,10 +31,21 @@ Q_ACTUAL, Q_MAX, Q_MIN, Q_POWER_ON, Q_SYSTEM_FAILURE, Q_FADE = 0xA0, 0xA1, 0xA2,
 Q_GEAR_FAILURE = 0xAA
 Q_SCENE = 0xB0  # 0xB0..0xBF
 Q_GROUPS_0_7, Q_GROUPS_8_15 = 0xC0, 0xC1
+READ_MEMORY_LOCATION = 0xC5
 # Special commands (address byte 101xxxx1 / 110xxxx1, IEC 62386-102 Table 16).
-SPECIAL_DTR0 = 0xA3
+SPECIAL_DTR0, SPECIAL_DTR1 = 0xA3, 0xC3
 VERSION_DALI2 = 8  # version 2.0 encoded as 0b000010_00 (IEC 62386-102 §11.3.7)
 DEVICE_TYPE_LED = 6  # IEC 62386-207
+# D4i energy reporting (DiiA Part 252, memory bank 202): active energy at locations 0x04 (scale,
+# a signed power of ten) and 0x05-0x0A (Wh, MSB first), active power at 0x0B (scale) and
+# 0x0C-0x0F (W).
+BANK_ENERGY = 202
+_FADE_STEP_S = 0.01  # integration step of the energy over a running fade
+
+
+def light_percent(level: int) -> float:
+    """Light output in % of arc power level ``level`` on the log curve (IEC 62386-102 §9.3)."""
+    return 0.0 if level == 0 else 10 ** ((level - 1) / (253 / 3) - 1)
 
 
 @dataclass
@@ -57,6 +68,15 @@ class Gear:
     limit_error: bool = False
     reset_state: bool = False
     connected: bool = True  # False: the gear never answers (wire cut, gear dead)
+    dtr1: int = 0
+    # D4i (memory bank 202): power follows light output (an LED driver, standby power ignored)
+    d4i: bool = True
+    rated_w: float = 60.0
+    energy_scale: int = -1  # 10**-1 Wh resolution
+    power_scale: int = -1
+    _energy_wh: float = 0.0
+    _energy_t: float = 0.0  # the energy is integrated up to this time
+    _latched: dict[int, bytes] = field(default_factory=dict)  # value's first location -> bytes
     # fade state: the level goes linearly in arc steps from start to target over [t0, t1]
     _start: float = 254.0
     _target: int = 254
@@ -74,8 +94,56 @@ class Gear:
         """Whether a fade is running at ``now``."""
         return now < self._t1 and self.level_at(now) != self._target
 
+    def power_w(self, now: float) -> float:
+        """Active power at ``now``: the rated power times the light output."""
+        if self.lamp_failure:
+            return 0.0
+        return self.rated_w * light_percent(self.level_at(now)) / 100
+
+    def integrate(self, now: float) -> None:
+        """Add the energy used since the last call (exact outside fades, 10 ms steps in them)."""
+        t = self._energy_t
+        while t < now:
+            step = min(_FADE_STEP_S, now - t) if t < self._t1 else now - t
+            self._energy_wh += self.power_w(t + step / 2) * step / 3600
+            t += step
+        self._energy_t = max(self._energy_t, now)
+
+    def energy_wh(self, now: float) -> float:
+        """Active energy used up to ``now`` in Wh."""
+        self.integrate(now)
+        return self._energy_wh
+
+    def set_energy(self, wh: float, now: float) -> None:
+        """Set the energy counter (e.g. a lamp that has run for years)."""
+        self.integrate(now)
+        self._energy_wh = wh
+
+    def memory(self, bank: int, loc: int, now: float) -> int | None:
+        """One byte of a memory bank; None where not implemented (READ MEMORY LOCATION: NO).
+
+        A multi-byte value is captured when its first byte (the scale) is read, so that a
+        value read over several frames is consistent (what latching gives on real gear).
+        """
+        if bank == 0:  # IEC 62386-102 §9.10.6: last address, reserved, last accessible bank
+            return (0x02, 0x00, BANK_ENERGY if self.d4i else 0x00)[loc] if loc <= 0x02 else None
+        if bank != BANK_ENERGY or not self.d4i or loc > 0x0F:
+            return None
+        if loc == 0x04:
+            raw = round(self.energy_wh(now) / 10**self.energy_scale)
+            self._latched[0x04] = bytes([self.energy_scale & 0xFF]) + raw.to_bytes(6, "big")
+        elif loc == 0x0B:
+            raw = round(self.power_w(now) / 10**self.power_scale)
+            self._latched[0x0B] = bytes([self.power_scale & 0xFF]) + raw.to_bytes(4, "big")
+        if 0x04 <= loc <= 0x0A:
+            return self._latched.get(0x04, bytes(7))[loc - 0x04]
+        if 0x0B <= loc <= 0x0F:
+            return self._latched.get(0x0B, bytes(5))[loc - 0x0B]
+        return (0x0F, 0x00, 0xFF, 0x01)[loc]  # last address, indicator, lock byte, version
+
     def go_to(self, level: int, now: float, *, fade: bool) -> None:
         """Start going to ``level`` (0: off), clamped to MIN..MAX with the limit error set."""
+        self.integrate(now)
         self.limit_error = False
         if level != 0:
             if level < self.min_level:
@@ -159,6 +227,9 @@ class GearBus:
             if addr == SPECIAL_DTR0:
                 for g in self.gear:
                     g.dtr0 = data
+            elif addr == SPECIAL_DTR1:
+                for g in self.gear:
+                    g.dtr1 = data
             return []
         targets = self._addressed(addr)
         self._count(f"0x{data:02X}")
@@ -193,6 +264,10 @@ class GearBus:
             keep = (g.short_address, g.lamp_failure, g.gear_failure, g.connected, g.physical_min)
             fresh = Gear(short_address=keep[0], physical_min=keep[4], min_level=keep[4])
             fresh.lamp_failure, fresh.gear_failure, fresh.connected = keep[1:4]
+            # the D4i energy counter is not a variable RESET touches (DiiA Part 252)
+            fresh.d4i, fresh.rated_w = g.d4i, g.rated_w
+            fresh.energy_scale, fresh.power_scale = g.energy_scale, g.power_scale
+            fresh.set_energy(g.energy_wh(now), now)
             fresh.reset_state, fresh.power_cycle_seen = True, False
             fresh.go_to(254, now, fade=False)
             vars(g).update(vars(fresh))
@@ -265,6 +340,11 @@ class GearBus:
             return g.system_failure_level
         if op == Q_FADE:
             return g.fade_time << 4 | 7  # fade rate 7 (default)
+        if op == READ_MEMORY_LOCATION:
+            value = g.memory(g.dtr1, g.dtr0, now)
+            if value is not None and g.dtr0 < 0xFF:
+                g.dtr0 += 1
+            return value
         if Q_SCENE <= op <= Q_SCENE + 15:
             return g.scenes[op - Q_SCENE]
         if op == Q_GROUPS_0_7:

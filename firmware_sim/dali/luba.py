@@ -118,6 +118,8 @@ class DaliBusSim:
         os.set_blocking(self._master, False)
         self.path = os.ttyname(self._slave)
         self._t_start = self._loop.time()
+        for g in self.bus.gear:
+            g.set_energy(0.0, self._t_start)  # energy counts from the simulator's start
         self._loop.add_reader(self._master, self._on_readable)
         self._worker = asyncio.create_task(self._run_bus(), name="dali-sim-bus")
         return self
@@ -166,6 +168,7 @@ class DaliBusSim:
 
     def fail_lamp(self, n: int, failed: bool = True) -> None:
         """Break (or repair) the lamp of gear ``n``: status bit 1, QUERY LAMP FAILURE."""
+        self.gear(n).integrate(self._now())  # the energy up to now at the old power
         self.gear(n).lamp_failure = failed
 
     def repair_lamp(self, n: int) -> None:
@@ -206,6 +209,14 @@ class DaliBusSim:
         s.events_sent += 1
         frame = s.event_frame(movement=occupied if movement is None else movement)
         self._txq.put_nowait((frame, False, 4, None))
+
+    def energy_wh(self, n: int) -> float:
+        """The active energy gear ``n`` has used since the start (D4i, memory bank 202)."""
+        return self.gear(n).energy_wh(self._now())
+
+    def power_w(self, n: int) -> float:
+        """The active power of gear ``n`` now."""
+        return self.gear(n).power_w(self._now())
 
     @property
     def stats(self) -> BusStats:
