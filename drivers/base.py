@@ -159,6 +159,14 @@ class PushSource(Protocol):
         ...
 
 
+class PointDescriber(Protocol):
+    """Optional: a driver that can say what a point is on the device, for event details."""
+
+    def describe(self, device: str, point: PointConfigBase) -> str:
+        """E.g. ``binary-input,3 fire-zone-3``; "" when it cannot say. Must not do I/O."""
+        ...
+
+
 @dataclass(frozen=True)
 class DriverSpec:
     """How the edge finds a driver: its config models and how to build it for one bus."""

@@ -348,11 +348,18 @@ class BusPoller:
                         active=value,
                         severity="alarm",
                         point=ps.config.id,
-                        detail=f"{dev_id} {ps.config.id} {'raised' if value else 'cleared'}",
+                        detail=f"{dev_id} {ps.config.id}{self._describe(dev_id, ps.config)} "
+                        f"{'raised' if value else 'cleared'}",
                     )
                 )
             ps.alarm_active = value
         self.outbox.add_sample((dev_id, ps.config.id, ts, value, quality.value))
+
+    def _describe(self, dev_id: str, point: PointConfigBase) -> str:
+        """`` (what the driver calls the point)`` for an event's detail, when the driver says."""
+        describe = getattr(self.driver, "describe", None)
+        text = describe(dev_id, point) if callable(describe) else ""
+        return f" ({text})" if text else ""
 
 
 def device_for(devices: Sequence[DeviceState], device_id: str) -> DeviceState | None:

@@ -176,7 +176,8 @@ async def test_fire_in_zone_3_raises_an_alarm_event_at_the_hub_and_reset_clears_
     (event,) = await fire_events()
     assert (event["gateway"], event["device"], event["point"]) == (GW, BUILDING, "fire-3")
     assert (event["active"], event["severity"]) == (True, "alarm")
-    assert BUILDING in event["detail"] and "fire-3" in event["detail"]
+    # Building, zone and the object with its BACnet object-name.
+    assert event["detail"] == f"{BUILDING} fire-3 (binary-input,3 fire-zone-3) raised"
     await building.wait_point("fire-3", value=True, quality="good")
 
     building.sim.reset()
@@ -185,6 +186,8 @@ async def test_fire_in_zone_3_raises_an_alarm_event_at_the_hub_and_reset_clears_
         return any(not e["active"] for e in await fire_events())
 
     await eventually(cleared, 10)
+    (clear,) = [e for e in await fire_events() if not e["active"]]
+    assert clear["detail"] == f"{BUILDING} fire-3 (binary-input,3 fire-zone-3) cleared"
     await building.wait_point("fire-3", value=False)
     assert [e["kind"] for e in (await building.hub.get("/events", device=BUILDING))[1]["items"]] == [
         "fire",

@@ -132,6 +132,7 @@ class BacnetDriver:
         self._updates = Updates()
         self._cov_tasks: list[asyncio.Task[None]] = []
         self._cov_started = False
+        self._names: dict[tuple[str, str], str] = {}  # (device, object) -> object-name
         self.cov_states: dict[tuple[str, str], tuple[CovState, str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -270,6 +271,8 @@ class BacnetDriver:
         spec: list[Any] = []
         for p in pts:
             props = [p.prop, "status-flags"] if p.prop == "present-value" else [p.prop]
+            if p.alarm is not None and (dev.id, p.object) not in self._names:
+                props.append("object-name")  # once, for the alarm event's detail
             spec.extend((p.object, props))
         result = await self._call(
             dev,
@@ -281,6 +284,9 @@ class BacnetDriver:
         values: dict[tuple[str, str], Any] = {}
         for oid, prop, _index, value in result:
             values[(_oid_text(oid), str(PropertyIdentifier(prop)))] = value
+        for (obj, prop), value in values.items():
+            if prop == "object-name" and isinstance(value, str):
+                self._names[(dev.id, obj)] = str(value)
         out = []
         for p in pts:
             key = (p.object, p.prop)
@@ -325,6 +331,13 @@ class BacnetDriver:
             if (p.min is not None and v < p.min) or (p.max is not None and v > p.max) or v != v:
                 return PointReading(p.id, v, Quality.OUT_OF_RANGE, f"{v} outside [{p.min}, {p.max}]")
         return PointReading(p.id, v, quality, text)
+
+    def describe(self, device: str, point: PointConfigBase) -> str:
+        """The point's object and, once read, its object-name: ``binary-input,3 fire-zone-3``."""
+        if not isinstance(point, BacnetPointConfig):
+            return ""
+        name = self._names.get((device, point.object))
+        return f"{point.object} {name}" if name else point.object
 
     async def units(self, device: DeviceConfigBase, point: PointConfigBase) -> str:
         """The object's engineering units as a symbol (``°C``, ``kWh``); "" for binary objects."""
