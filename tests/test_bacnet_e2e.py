@@ -76,6 +76,7 @@ class Building:
     sim: BuildingSim
     hub: Hub
     edge: Edge
+    dev_port: int
 
     async def point(self, point: str) -> dict[str, Any]:
         status, body = await self.hub.get(f"/devices/{BUILDING}/points")
@@ -124,7 +125,7 @@ async def building(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Buildi
         edge = Edge(edge_config.load(path))
         task = asyncio.create_task(edge.run())
         try:
-            yield Building(sim, hub, edge)
+            yield Building(sim, hub, edge, dev_port)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -248,3 +249,34 @@ async def test_cov_changes_reach_the_hub_without_waiting_for_the_poll(building: 
 async def _subscribed(driver: BacnetDriver, points: tuple[str, ...]) -> bool:
     states = {pid: state for (_dev, pid), (state, _why) in driver.cov_states.items()}
     return all(states.get(p) is CovState.SUBSCRIBED for p in points)
+
+
+async def test_a_device_that_goes_away_is_comm_error_at_the_hub_and_cov_resumes_when_it_returns(
+    building: Building,
+) -> None:
+    await building.wait_point("zone-2-temp", value=21.0, quality="good")
+    await building.wait_point("zone-1-temp", value=20.5, quality="good")
+    driver = building.edge.pollers["bms"].driver
+    assert isinstance(driver, BacnetDriver)
+    await eventually(lambda: _subscribed(driver, ("fire-4", "zone-2-temp")), 5)
+
+    await building.sim.__aexit__(None, None, None)  # the device goes away
+    await building.wait_point("zone-1-temp", quality="comm_error")
+    await building.wait_point("zone-2-temp", quality="comm_error")
+    status = await building.edge.op_status({})
+    assert [d["health"] for d in status["devices"]] == ["comm_error"]
+
+    # It comes back as a fresh device that knows no subscribers (same port, new application).
+    async with BuildingSim(port=building.dev_port, instance=INSTANCE) as sim:
+        sim.set_temperature(2, 19.0)
+        await building.wait_point("zone-1-temp", value=20.5, quality="good")
+        back = time.monotonic()
+        # zone-2-temp is polled once a minute: only a new subscription brings it back this soon.
+        await building.wait_point("zone-2-temp", value=19.0, quality="good")
+        assert time.monotonic() - back < 5.0
+        sim.set_temperature(2, 18.0)
+        started = time.monotonic()
+        await building.wait_point("zone-2-temp", value=18.0, quality="good")
+        assert time.monotonic() - started < 1.0
+        status = await building.edge.op_status({})
+        assert [d["health"] for d in status["devices"]] == ["ok"]
