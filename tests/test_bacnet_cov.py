@@ -172,3 +172,27 @@ def test_cov_lifetime_is_finite_and_at_least_5_s() -> None:
     assert err.value.errors()[0]["loc"] == ("cov_lifetime_s",)
     assert err.value.errors()[0]["msg"] == "Input should be greater than or equal to 5"
     assert device(47901).cov_lifetime_s == 300
+
+
+async def test_device_offline_then_back_polls_recover_and_cov_is_resubscribed() -> None:
+    gw_port, dev_port = udp_ports(2)
+    dev = device(dev_port, points=COV_POINTS)
+    async with (
+        BuildingSim(port=dev_port, instance=INSTANCE) as sim,
+        BacnetDriver(bus(gw_port, apdu_timeout_s=0.2, apdu_retries=0), [dev]) as driver,
+        following(driver) as got,
+    ):
+        await wait_states(driver, {"fire-3": CovState.SUBSCRIBED, "temp-1": CovState.SUBSCRIBED})
+        sim.set_offline()
+        with pytest.raises(DeviceUnavailable):
+            await driver.read(dev, dev.points)
+        sim.set_temperature(1, 27.0)  # not notified: the device is offline
+        await asyncio.sleep(0.2)
+        assert all(u.reading.value != 27.0 for u in [got.get_nowait() for _ in range(got.qsize())])
+        sim.set_offline(False)
+        readings = {r.point: r for r in await driver.read(dev, dev.points)}
+        assert readings["temp-1"].value == 27.0
+        # The good poll resubscribes, and the device notifies the current value at once.
+        await next_update(got, "temp-1", 27.0, timeout=2.0)
+        sim.fire(3)
+        await next_update(got, "fire-3", True)

@@ -124,7 +124,24 @@ async def _ready(app: NormalApplication, timeout_s: float = 5.0) -> None:
         raise
 
 
-class _NoCovApplication(NormalApplication):  # type: ignore[misc]
+class _SimApplication(NormalApplication):  # type: ignore[misc]
+    """The simulator's application, which can go offline: it then ignores every request and
+    sends no COV notifications, like a device whose network cable was pulled."""
+
+    offline = False
+
+    async def indication(self, apdu: Any) -> None:
+        """Serve a request, unless offline."""
+        if not self.offline:
+            await super().indication(apdu)
+
+    def cov_notification(self, cov: Any, apdu: Any) -> None:
+        """Send a COV notification, unless offline (a change made meanwhile is not notified)."""
+        if not self.offline:
+            super().cov_notification(cov, apdu)
+
+
+class _NoCovApplication(_SimApplication):
     """A device without SubscribeCOV: bacpypes3 answers a service without a handler with a
     Reject (unrecognized-service), as a device that does not implement it must (ASHRAE 135 §18.9)."""
 
@@ -152,7 +169,7 @@ class BuildingSim:
         self.name = name
         self.layout = layout or Layout()
         self.cov = cov
-        self.app: NormalApplication | None = None
+        self.app: _SimApplication | None = None
         self._objects: dict[ObjectIdentifier, Any] = {}
 
     def describe(self) -> str:
@@ -225,7 +242,7 @@ class BuildingSim:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((self.host, self.port))
         # A host address without a mask (/32): no broadcast listener on a shared port.
-        app_class = NormalApplication if self.cov else _NoCovApplication
+        app_class = _SimApplication if self.cov else _NoCovApplication
         self.app = app_class(device, IPv4Address(f"{self.host}:{self.port}"))
         await _ready(self.app)
         for obj in self._build_objects():
@@ -309,6 +326,15 @@ class BuildingSim:
         before = obj.statusFlags
         obj.reliability = Reliability.unreliableOther if fault else Reliability.noFaultDetected
         _flags_changed(obj, before)
+
+    def set_offline(self, offline: bool = True) -> None:
+        """Device offline: no answers and no notifications until ``set_offline(False)``.
+
+        Unlike stopping the simulator, the device keeps its state and its COV subscribers.
+        """
+        if self.app is None:
+            raise RuntimeError(f"{self.describe()} is not running")
+        self.app.offline = offline
 
     def set_out_of_service(self, oid: str, oos: bool = True) -> None:
         """Take an object out of service (status flag out-of-service)."""
