@@ -318,3 +318,19 @@ def test_edge_config_errors_name_file_line_and_field(tmp_path: Path) -> None:
         "multi-state-input, multi-state-output, multi-state-value)",
         "edge.yaml:16: devices[0].points[1].priority: priority applies to writable points only",
     ]
+
+
+async def test_multi_state_output_reads_ints_and_writes_at_its_priority(rig: Any) -> None:
+    sim, driver, base = rig
+    mode = BacnetPointConfig.model_validate(
+        {"id": "zone-1-mode", "object": "multi-state-output,1", "writable": True, "min": 1, "max": 4}
+    )
+    dev = base.model_copy(update={"points": (*base.points, mode)})
+    got = values(await driver.read(dev, [mode]))
+    assert got["zone-1-mode"] == (4, Quality.GOOD, "")  # auto, the relinquish default
+    assert isinstance(got["zone-1-mode"][0], int) and not isinstance(got["zone-1-mode"][0], bool)
+    assert await driver.write(dev, mode, 2) == 2  # heat
+    slots = sim.priority_array("multi-state-output,1")
+    assert [(i + 1, v) for i, v in enumerate(slots) if v is not None] == [(DEFAULT_PRIORITY, 2)]
+    assert await driver.relinquish(dev, mode) == 4
+    assert all(v is None for v in sim.priority_array("multi-state-output,1"))

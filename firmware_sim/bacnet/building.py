@@ -10,6 +10,7 @@ Object layout (instance numbers are stable so configs and tests can name them):
 | ``binary-output,N`` | door N lock, commandable, active = locked (relinquish default: locked) |
 | ``analog-input,N`` | HVAC zone N temperature, degrees Celsius |
 | ``analog-value,N`` | HVAC zone N setpoint, commandable with a priority array, default 21.0 |
+| ``multi-state-output,N`` | HVAC zone N mode, commandable: 1 off, 2 heat, 3 cool, 4 auto (default) |
 | ``analog-input,100`` | the building's energy meter, kWh |
 
 A zone in fire or intrusion and a forced door also go to event state ``offnormal``, so the
@@ -37,6 +38,7 @@ from bacpypes3.ipv4.app import NormalApplication
 from bacpypes3.local.analog import AnalogInputObject, AnalogValueObjectCmd
 from bacpypes3.local.binary import BinaryInputObject, BinaryOutputObject
 from bacpypes3.local.device import DeviceObject
+from bacpypes3.local.multistate import MultiStateOutputObject
 from bacpypes3.local.oos import OutOfService
 from bacpypes3.pdu import IPv4Address
 from bacpypes3.primitivedata import ObjectIdentifier
@@ -46,6 +48,8 @@ INTRUSION_BASE = 100
 DOOR_CONTACT_BASE = 200
 METER_INSTANCE = 100
 SETPOINT_DEFAULT = 21.0
+HVAC_MODES = ("off", "heat", "cool", "auto")  # multi-state present values 1..4 (§12.19: 1-based)
+MODE_DEFAULT = 4
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ def object_map(layout: Layout) -> dict[str, str]:
     for n in range(1, layout.hvac_zones + 1):
         out[f"analog-input,{n}"] = f"zone-{n}-temperature"
         out[f"analog-value,{n}"] = f"zone-{n}-setpoint"
+        out[f"multi-state-output,{n}"] = f"zone-{n}-mode"
     out[f"analog-input,{METER_INSTANCE}"] = "energy-meter"
     return out
 
@@ -203,6 +208,16 @@ class BuildingSim:
                     eventState=EventState.normal,
                     outOfService=False,
                     reliability=Reliability.noFaultDetected,
+                )
+            elif kind == "multi-state-output":
+                obj = MultiStateOutputObject(
+                    **common,
+                    presentValue=MODE_DEFAULT,
+                    relinquishDefault=MODE_DEFAULT,
+                    numberOfStates=len(HVAC_MODES),
+                    stateText=list(HVAC_MODES),
+                    eventState=EventState.normal,
+                    outOfService=False,
                 )
             elif kind == "analog-value":
                 obj = AnalogValueObjectCmd(
