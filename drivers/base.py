@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Self, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -95,6 +95,25 @@ class DeviceConfigBase(StrictModel):
     bus: str
     kind: str = Field(default="generic", description="lamp, cabinet, meter, door, ...")
     points: Sequence[PointConfigBase] = ()
+
+
+_D = TypeVar("_D", bound=DeviceConfigBase)
+_P = TypeVar("_P", bound=PointConfigBase)
+
+
+def as_device(device: DeviceConfigBase, model: type[_D], driver: str) -> _D:
+    """``device`` as the driver's own model; PointError when it was configured for another."""
+    if not isinstance(device, model):
+        raise PointError(f"device {device.id!r} is not configured for the {driver} driver")
+    return device
+
+
+def as_points(points: Sequence[PointConfigBase], model: type[_P], driver: str) -> Sequence[_P]:
+    """``points`` as the driver's own model; PointError naming the first that is not."""
+    for p in points:
+        if not isinstance(p, model):
+            raise PointError(f"point {p.id!r} is not configured for the {driver} driver")
+    return points  # type: ignore[return-value]
 
 
 # -- readings and the protocol -----------------------------------------------------------------

@@ -26,6 +26,8 @@ from drivers.base import (
     PointReading,
     ProtocolError,
     PushedUpdate,
+    as_device,
+    as_points,
 )
 from wire import PointType, Quality, Value
 
@@ -443,16 +445,11 @@ def _oid_text(oid: Any) -> str:
 
 
 def _device(device: DeviceConfigBase) -> BacnetDeviceConfig:
-    if not isinstance(device, BacnetDeviceConfig):
-        raise PointError(f"device {device.id!r} is not configured for the bacnet driver")
-    return device
+    return as_device(device, BacnetDeviceConfig, "bacnet")
 
 
 def _points(points: Sequence[PointConfigBase]) -> Sequence[BacnetPointConfig]:
-    for p in points:
-        if not isinstance(p, BacnetPointConfig):
-            raise PointError(f"point {p.id!r} is not configured for the bacnet driver")
-    return points  # type: ignore[return-value]
+    return as_points(points, BacnetPointConfig, "bacnet")
 
 
 __all__ = ["UNIT_SYMBOLS", "BacnetDriver", "DriverError", "error_text", "status_quality"]

@@ -27,6 +27,8 @@ from drivers.base import (
     PointReading,
     ProtocolError,
     PushedUpdate,
+    as_device,
+    as_points,
 )
 from wire import Quality, Value
 
@@ -419,13 +421,8 @@ def _ranged(p: DaliPointConfig, value: float) -> PointReading:
 
 
 def _device(device: DeviceConfigBase) -> DaliDeviceConfig:
-    if not isinstance(device, DaliDeviceConfig):
-        raise PointError(f"device {device.id!r} is not configured for the dali driver")
-    return device
+    return as_device(device, DaliDeviceConfig, "dali")
 
 
 def _points(points: Sequence[PointConfigBase]) -> Sequence[DaliPointConfig]:
-    for p in points:
-        if not isinstance(p, DaliPointConfig):
-            raise PointError(f"point {p.id!r} is not configured for the dali driver")
-    return points  # type: ignore[return-value]
+    return as_points(points, DaliPointConfig, "dali")

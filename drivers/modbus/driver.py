@@ -22,6 +22,8 @@ from drivers.base import (
     PointError,
     PointReading,
     ProtocolError,
+    as_device,
+    as_points,
 )
 from wire import Quality, Value
 
@@ -337,13 +339,8 @@ class ModbusDriver:
 
 
 def _device(device: DeviceConfigBase) -> ModbusDeviceConfig:
-    if not isinstance(device, ModbusDeviceConfig):
-        raise PointError(f"device {device.id!r} is not configured for the modbus driver")
-    return device
+    return as_device(device, ModbusDeviceConfig, "modbus")
 
 
 def _points(points: Sequence[PointConfigBase]) -> Sequence[ModbusPointConfig]:
-    for p in points:
-        if not isinstance(p, ModbusPointConfig):
-            raise PointError(f"point {p.id!r} is not configured for the modbus driver")
-    return points  # type: ignore[return-value]
+    return as_points(points, ModbusPointConfig, "modbus")
