@@ -10,8 +10,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,36 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:  # run as `python bench/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+# One broker starter for tests and benchmarks: the port and binary helpers live in tests/broker.py.
+from broker import free_port, mosquitto_binary, wait_port  # noqa: E402
 
 LIBS = ("aiomqtt", "paho-mqtt", "pymodbus", "msgpack", "tortoise-orm", "aiosqlite", "aiohttp")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (loopback)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
-    """Wait until something accepts TCP connections on host:port."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
-            time.sleep(0.02)
-
-
-def mosquitto_binary() -> str:
-    """Path of the mosquitto daemon; Debian installs it in /usr/sbin."""
-    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
-    if not found:
-        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
-    return found
 
 
 @dataclass
