@@ -96,6 +96,14 @@ class DeviceConfigBase(StrictModel):
     kind: str = Field(default="generic", description="lamp, cabinet, meter, door, ...")
     points: Sequence[PointConfigBase] = ()
 
+    def members(self, bus_devices: Sequence[DeviceConfigBase]) -> tuple[str, ...]:
+        """The devices of the same bus this device reaches with one frame (none by default).
+
+        A DALI group or broadcast device answers with its gear; the birth carries the list so
+        the hub can send one frame instead of one per lamp when they all get the same level.
+        """
+        return ()
+
 
 _D = TypeVar("_D", bound=DeviceConfigBase)
 _P = TypeVar("_P", bound=PointConfigBase)

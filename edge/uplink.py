@@ -62,6 +62,7 @@ def birth_message(config: EdgeConfig, session: int) -> wire.Birth:
                     )
                     for p in d.points
                 ),
+                members=d.members([x for x in config.devices if x.bus == d.bus]),
             )
             for d in config.devices
         ),

@@ -56,6 +56,9 @@ class DeviceState:
     driver: str = ""
     declared: bool = True
     points: dict[str, PointState] = field(default_factory=dict)
+    #: Devices this one reaches with one frame (a DALI group/broadcast), from the last birth.
+    #: Not stored: births are retained, so the hub relearns them on every (re)connect.
+    members: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -169,6 +172,7 @@ class Registry:
                     dev = DeviceState(id=dev_id, name=d.id, gateway_id=gw.id)
                     self._add_device(dev)
                 dev.kind, dev.driver, dev.declared = d.kind, d.driver, True
+            dev.members = d.members
             for p in d.points:
                 pv: dict[str, Any] = {
                     "type": p.type.value, "unit": p.unit, "min": p.min, "max": p.max,

@@ -27,6 +27,7 @@ from drivers.dali import (
 )
 from drivers.dali.budget import BusBudget
 from edge import config as edge_config
+from edge.uplink import birth_message
 from firmware_sim.dali import FADE_TIMES_S, DaliBusSim
 from wire import PointType, Quality
 
@@ -119,6 +120,8 @@ def test_point_types_and_defaults() -> None:
         ({"id": "d", "bus": "b", "address": 64}, "less than or equal to 63"),
         ({"id": "d", "bus": "b", "group": 16}, "less than or equal to 15"),
         ({"id": "d", "bus": "b", "address": 1, "curve": "square"}, "'logarithmic' or 'linear'"),
+        ({"id": "d", "bus": "b", "group": 1, "groups": [2]}, "only a gear with a short 'address'"),
+        ({"id": "d", "bus": "b", "address": 1, "groups": [16]}, "less than or equal to 15"),
         (
             {"id": "d", "bus": "b", "group": 1, "points": [{"id": "status"}]},
             "a group device can only have 'level' points",
@@ -157,6 +160,14 @@ def test_edge_config_with_a_dali_bus(tmp_path: Path) -> None:
     path.write_text(good)
     cfg = edge_config.load(path)
     assert [d.id for d in cfg.devices] == ["L-1", "street-3"]
+    # the birth tells the hub which gear a group or broadcast device reaches with one frame
+    with_groups = good.replace("address: 0\n", "address: 0\n    groups: [3, 5]\n")
+    with_groups += "  - {id: L-2, bus: dali1, address: 1, groups: [5]}\n"
+    with_groups += "  - {id: all, bus: dali1, broadcast: true, points: [{id: level, writable: true}]}\n"
+    path.write_text(with_groups)
+    cfg = edge_config.load(path)
+    members = {d.id: d.members for d in birth_message(cfg, 1).devices}
+    assert members == {"L-1": (), "street-3": ("L-1",), "L-2": (), "all": ("L-1", "L-2")}
     bad = good.replace("address: 0", "address: 70").replace("interface: luba232", "interface: hasseb")
     bad = bad.replace("{id: lamp_failure, interval_s: 60}", "{id: lamp_failure, writable: true}")
     bad += "  - {id: L-2, bus: dali1, address: 2, points: [{id: colour}]}\n"

@@ -39,6 +39,13 @@ EXAMPLES = [
                         wire.PointInfo("failed", wire.PointType.BOOL),
                     ),
                 ),
+                wire.DeviceInfo(
+                    id="street-3",
+                    kind="lamp_group",
+                    driver="dali",
+                    points=(wire.PointInfo("level", wire.PointType.FLOAT, "%", 0, 100, True),),
+                    members=("L-0001", "L-0002"),
+                ),
             ),
         ),
     ),

@@ -81,6 +81,9 @@ class DeviceInfo:
     kind: str
     driver: str
     points: tuple[PointInfo, ...] = ()
+    #: For a device that addresses several others with one frame (a DALI group or broadcast):
+    #: the ids of the devices it reaches. The hub merges equal commands to them into one.
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +179,7 @@ def encode_birth(m: Birth) -> bytes:
                 }
                 for p in d.points
             ],
+            **({"members": list(d.members)} if d.members else {}),
         }
         for d in m.devices
     ]
@@ -283,6 +287,14 @@ def _is_value(v: object) -> bool:
     return v is None or isinstance(v, (bool, int, float))
 
 
+def _decode_members(d: dict[str, Any], where: str) -> tuple[str, ...]:
+    members = _opt(d, "members", list, [], what=where)
+    for k, m in enumerate(members):
+        if not isinstance(m, str):
+            raise WireError(f"{where}.members[{k}]: expected a device id (str), got {type(m).__name__}")
+    return tuple(members)
+
+
 def decode_status(payload: bytes) -> Status:
     """Decode a gateway or hub status."""
     b = _unpack(payload)
@@ -328,6 +340,7 @@ def decode_birth(payload: bytes) -> Birth:
                 kind=_opt(d, "kind", str, "", what=where),
                 driver=_opt(d, "driver", str, "", what=where),
                 points=points,
+                members=_decode_members(d, where),
             )
         )
     return Birth(

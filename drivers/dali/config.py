@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -100,6 +101,9 @@ class DaliDeviceConfig(DeviceConfigBase):
         default=None, ge=0, le=63, description="short address of a control device (part 103)"
     )
     instance: int = Field(default=0, ge=0, le=31, description="the sensor's occupancy instance number")
+    groups: tuple[Annotated[int, Field(ge=0, le=15)], ...] = Field(
+        default=(), description="the DALI groups (0-15) this gear is a member of (commissioning sets them)"
+    )
     curve: Curve = "logarithmic"
     points: tuple[DaliPointConfig, ...] = ()
 
@@ -113,6 +117,8 @@ class DaliDeviceConfig(DeviceConfigBase):
             raise ValueError(
                 f"set exactly one of 'address', 'group', 'broadcast: true' or 'sensor_address' (got {what})"
             )
+        if self.groups and self.address is None:
+            raise FieldError(("groups",), "only a gear with a short 'address' can be a member of groups")
         for i, p in enumerate(self.points):
             if (p.source == "presence") != (self.sensor_address is not None):
                 raise FieldError(
@@ -130,6 +136,18 @@ class DaliDeviceConfig(DeviceConfigBase):
                         f"{p.source} needs one gear's answer (use 'address')",
                     )
         return self
+
+    def members(self, bus_devices: Sequence[DeviceConfigBase]) -> tuple[str, ...]:
+        """The gear a group (by their ``groups``) or broadcast device reaches."""
+        if self.group is None and not self.broadcast:
+            return ()
+        return tuple(
+            d.id
+            for d in bus_devices
+            if isinstance(d, DaliDeviceConfig)
+            and d.address is not None
+            and (self.broadcast or self.group in d.groups)
+        )
 
     def target(self) -> str:
         """The address for logs: ``A12``, ``G3``, ``broadcast`` or ``D4.I0`` (a sensor)."""

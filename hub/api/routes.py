@@ -63,6 +63,7 @@ def device_json(dev: DeviceState, gateway: str, with_points: bool) -> dict[str, 
     out: dict[str, Any] = {
         "id": dev.name, "gateway": gateway, "kind": dev.kind, "driver": dev.driver,
         "declared": dev.declared,
+        **({"members": list(dev.members)} if dev.members else {}),
     }
     if with_points:
         out["points"] = [point_json(p) for p in dev.points.values()]
