@@ -1,4 +1,75 @@
-"""The lighting policy (schedules, presence, arbitration, energy): pure functions, no I/O.
+"""The lighting policy (schedules, astronomical clock, presence, arbitration, energy): pure functions.
 
-Empty until the lighting-policy issue lands; edge and hub already depend on it as a seam.
+No I/O, no clock reads: every instant is an argument in epoch milliseconds. See docs/policy.md.
 """
+
+from rules.astro import SunNight, local_ms, night_bounds, night_of, sun_night
+from rules.commands import diff_commands, merge_groups
+from rules.energy import EnergyReport, LampEnergy, night_energy, power_w
+from rules.evaluate import Decision, Evaluator, Source, apply_event, evaluate_all, explain
+from rules.model import (
+    DEFAULT_CLASS_MINIMUM,
+    LIGHTING_CLASSES,
+    Calendar,
+    CalendarRule,
+    City,
+    Crisis,
+    Lamp,
+    Override,
+    PolicyData,
+    PolicySettings,
+    PowerModel,
+    PresenceRule,
+    Profile,
+    Step,
+    Target,
+    Twilight,
+    Zone,
+)
+from rules.plan import Plan, content_version, plan_for
+from rules.presence import Hold, PresenceEvent, PresenceState
+from rules.schedule import Timeline
+
+__all__ = [
+    "DEFAULT_CLASS_MINIMUM",
+    "LIGHTING_CLASSES",
+    "Calendar",
+    "CalendarRule",
+    "City",
+    "Crisis",
+    "Decision",
+    "EnergyReport",
+    "Evaluator",
+    "Hold",
+    "Lamp",
+    "LampEnergy",
+    "Override",
+    "Plan",
+    "PolicyData",
+    "PolicySettings",
+    "PowerModel",
+    "PresenceEvent",
+    "PresenceRule",
+    "PresenceState",
+    "Profile",
+    "Source",
+    "Step",
+    "SunNight",
+    "Target",
+    "Timeline",
+    "Twilight",
+    "Zone",
+    "apply_event",
+    "content_version",
+    "diff_commands",
+    "evaluate_all",
+    "explain",
+    "local_ms",
+    "merge_groups",
+    "night_bounds",
+    "night_energy",
+    "night_of",
+    "plan_for",
+    "power_w",
+    "sun_night",
+]
