@@ -89,15 +89,43 @@ def _refine(obs: Observer, lo: int, hi: int, threshold: float, falling: bool) ->
     return hi
 
 
+def _minimum(obs: Observer, lo: int, hi: int) -> int:
+    """The instant of the lowest elevation in [lo, hi] (golden-section search, to ~1 s)."""
+    g = 0.6180339887498949
+    a, b = lo, hi
+    c, d = int(b - g * (b - a)), int(a + g * (b - a))
+    fc, fd = _elev(obs, c), _elev(obs, d)
+    while b - a > _PRECISION_MS:
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = int(b - g * (b - a))
+            fc = _elev(obs, c)
+        else:
+            a, c, fc = c, d, fd
+            d = int(a + g * (b - a))
+            fd = _elev(obs, d)
+    return (a + b) // 2
+
+
 def sun_night(lat: float, lon: float, night: dt.date, tz: ZoneInfo, twilight: Twilight) -> SunNight:
     """Dusk and dawn of the night of `night` at (lat, lon); see the module doc for polar cases."""
     obs = Observer(latitude=lat, longitude=lon)
     start, end = night_bounds(night, tz)
     threshold = -twilight.depression_deg
     times = [*list(range(start, end, _SCAN_MS)), end]
-    below = [_elev(obs, t) < threshold for t in times]
+    elev = [_elev(obs, t) for t in times]
+    below = [e < threshold for e in elev]
     if not any(below):
-        return SunNight(night, start, end, None, None)
+        # A dip shorter than the scan step (the first dark nights after the midnight sun) would
+        # hide between samples: look for the true minimum around the lowest sample.
+        k = min(range(len(elev)), key=elev.__getitem__)
+        lo, hi = times[max(k - 1, 0)], times[min(k + 1, len(times) - 1)]
+        t_min = _minimum(obs, lo, hi)
+        if _elev(obs, t_min) >= threshold:
+            return SunNight(night, start, end, None, None)
+        dusk = _refine(obs, lo, t_min, threshold, True)
+        dawn = _refine(obs, t_min, hi, threshold, False)
+        return SunNight(night, start, end, dusk, dawn)
     first = below.index(True)
     last = len(below) - 1 - below[::-1].index(True)
     dusk = start if first == 0 else _refine(obs, times[first - 1], times[first], threshold, True)
