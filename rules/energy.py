@@ -56,16 +56,23 @@ def _seg_norm(t0: int, l0: float, t1: int, l1: float, minimum: float, m: PowerMo
     return (a + b * minimum) * below + (a + b * (minimum + hi) / 2) * above
 
 
-def timeline_norm_ms(tl: Timeline, minimum: float, model: PowerModel) -> float:
-    """Normalised energy (rated-W x ms) of a schedule over its night, class minimum applied."""
-    pts = list(zip(tl.times, tl.levels, strict=True))
+def timeline_norm_ms(
+    tl: Timeline, minimum: float, model: PowerModel, a: int | None = None, b: int | None = None
+) -> float:
+    """Normalised energy (rated-W x ms) of a schedule over [a, b] (default: its night), class minimum
+    applied; exact, the scheduled level being piecewise linear."""
+    lo = tl.start_ms if a is None else a
+    hi = tl.end_ms if b is None else b
+    pts = [(min(lo, tl.times[0]), tl.levels[0]), *zip(tl.times, tl.levels, strict=True)]
+    pts.append((max(hi, tl.times[-1]), tl.levels[-1]))
     total = 0.0
-    if pts[0][0] > tl.start_ms:
-        total += _seg_norm(tl.start_ms, pts[0][1], pts[0][0], pts[0][1], minimum, model)
     for (t0, l0), (t1, l1) in itertools.pairwise(pts):
-        total += _seg_norm(t0, l0, t1, l1, minimum, model)
-    if pts[-1][0] < tl.end_ms:
-        total += _seg_norm(pts[-1][0], pts[-1][1], tl.end_ms, pts[-1][1], minimum, model)
+        if t1 <= lo or t0 >= hi or t1 <= t0:
+            continue
+        c0, c1 = max(t0, lo), min(t1, hi)
+        v0 = l0 + (l1 - l0) * (c0 - t0) / (t1 - t0)
+        v1 = l0 + (l1 - l0) * (c1 - t0) / (t1 - t0)
+        total += _seg_norm(c0, v0, c1, v1, minimum, model)
     return total
 
 
@@ -211,10 +218,10 @@ def _correction_wh(
         # only the holds overlapping this span matter
         local = tuple(h for h in hs if h.start_ms < b and h.end_ms > a)
         state = PresenceState({lid: local}) if local else None
+        actual_wh = 0.0
         for k in range(n):
             t = int(a + (k + 0.5) * width)
-            sched = tl.level_at(t)
-            base = max(sched, minimum) if sched > 0 else 0.0
-            actual = ev._decide(lid, street, tl, t, state).level
-            total += (power_w(rated, actual, model) - power_w(rated, base, model)) * width / _H_MS
+            actual_wh += power_w(rated, ev._decide(lid, street, tl, t, state).level, model)
+        # sampled actual minus the exact schedule: exact for constant overrides and crises
+        total += actual_wh * width / _H_MS - rated * timeline_norm_ms(tl, minimum, model, a, b) / _H_MS
     return total

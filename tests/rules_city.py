@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import math
 from typing import Any
@@ -116,7 +117,7 @@ def city_dict(**extra: Any) -> dict[str, Any]:
         ],
     }
     d.update(extra)
-    return d
+    return copy.deepcopy(d)  # callers edit it freely
 
 
 def make_city(**extra: Any) -> City:

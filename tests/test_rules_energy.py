@@ -1,0 +1,133 @@
+"""Energy of a night: the power model, exact schedule integration, presence, overrides, roll-ups."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rules_city import city_dict, make_city
+
+from rules import City, PowerModel, PresenceEvent, PresenceState, apply_event, explain, night_energy, power_w
+
+NIGHT = dt.date(2026, 11, 18)
+CITY = make_city()
+PM = PowerModel()
+
+
+def _numeric_kwh(city: City, lamp: str, events: list[PresenceEvent], step_ms: int = 5_000) -> float:
+    """Reference: walk the night with explain() every step (midpoint rule), folding in events."""
+    ev = city.evaluator
+    street = city.lamp_by_id[lamp].street
+    tl = ev.timeline(street, NIGHT)
+    rated = city.lamp_by_id[lamp].rated_w
+    pending = sorted(events, key=lambda e: e.t_ms)
+    state = PresenceState()
+    wh = 0.0
+    for t0 in range(tl.start_ms, tl.end_ms, step_ms):
+        t = t0 + step_ms // 2
+        while pending and pending[0].t_ms <= t:
+            e = pending.pop(0)
+            state = apply_event(state, e, city, e.t_ms)
+        wh += power_w(rated, explain(city, lamp, t, state).level, city.settings.power) * step_ms / 3_600_000
+    return wh / 1000
+
+
+def test_power_model_is_linear_above_a_floor_with_standby_when_off() -> None:
+    assert power_w(100, 100, PM) == pytest.approx(100)
+    assert power_w(100, 50, PM) == pytest.approx(100 * (0.08 + 0.92 * 0.5))
+    assert power_w(100, 0, PM) == pytest.approx(0.5)
+    assert power_w(100, 1, PM) > power_w(100, 0, PM)
+
+
+@given(st.floats(0, 100), st.floats(0, 100))
+def test_power_grows_with_level(a: float, b: float) -> None:
+    lo, hi = sorted((a, b))
+    assert power_w(80, lo, PM) <= power_w(80, hi, PM) <= 80
+
+
+def test_all_night_full_profile_costs_the_baseline_plus_daytime_standby() -> None:
+    city = City.model_validate(
+        city_dict(
+            profiles=[
+                *city_dict()["profiles"],
+                {"id": "full", "steps": [{"at": "dusk", "level": 100}, {"at": "dawn", "level": 0}]},
+            ],
+            calendars=[{"id": "std", "default_profile": "full"}, {"id": "north", "default_profile": "full"}],
+        )
+    )
+    r = night_energy(city, NIGHT)
+    sun = city.evaluator.sun("s-avenue", NIGHT)
+    assert sun.dusk_ms is not None and sun.dawn_ms is not None
+    day_h = 24 - (sun.dawn_ms - sun.dusk_ms) / 3_600_000
+    standby = sum(x.rated_w for x in city.lamps) * 0.005 * day_h / 1000
+    assert r.kwh == pytest.approx(r.baseline_kwh + standby, rel=1e-3)
+    assert -1 < r.saving_pct < 0
+
+
+@pytest.mark.parametrize("lamp", ["s-avenue-03", "s-square-01", "s-lane-04", "s-path-07"])
+def test_schedule_energy_is_exact(lamp: str) -> None:
+    r = night_energy(CITY, NIGHT)
+    assert r.lamps[lamp].kwh == pytest.approx(_numeric_kwh(CITY, lamp, []), rel=2e-3)
+
+
+def test_presence_adds_what_the_lamps_really_burn() -> None:
+    base = night_energy(CITY, NIGHT)
+    t = CITY.evaluator.timeline("s-lane", NIGHT).dark_from_ms
+    assert t is not None
+    # a walker every 10 minutes from 18:00 to 06:00 along the lane, plus a fast cyclist burst
+    events = [PresenceEvent("s-lane-04", t + k * 601_003) for k in range(72)]  # not in phase with sampling
+    events += [PresenceEvent("s-lane-02", t + 8 * 3_600_000 + k * 20_011, 6.0, 45.0) for k in range(5)]
+    r = night_energy(CITY, NIGHT, events)
+    for lamp in ("s-lane-04", "s-lane-02", "s-lane-06"):
+        assert r.lamps[lamp].kwh > base.lamps[lamp].kwh
+        assert r.lamps[lamp].kwh == pytest.approx(_numeric_kwh(CITY, lamp, events), rel=5e-3)
+    assert r.lamps["s-path-00"].kwh == base.lamps["s-path-00"].kwh
+    assert r.saving_pct < base.saving_pct
+
+
+def test_override_off_all_night_leaves_standby_only() -> None:
+    ov = {
+        "id": "o",
+        "target": {"kind": "lamp", "id": "s-avenue-00"},
+        "level": 0,
+        "start_ms": 0,
+        "created_ms": 0,
+    }
+    r = night_energy(City.model_validate(city_dict(overrides=[ov])), NIGHT)
+    start, end = (
+        CITY.evaluator.timeline("s-avenue", NIGHT).start_ms,
+        CITY.evaluator.timeline("s-avenue", NIGHT).end_ms,
+    )
+    rated = CITY.lamp_by_id["s-avenue-00"].rated_w
+    assert r.lamps["s-avenue-00"].kwh == pytest.approx(
+        rated * 0.005 * (end - start) / 3_600_000 / 1000, rel=1e-3
+    )
+
+
+def test_measured_energy_replaces_the_model_and_zones_add_up() -> None:
+    r = night_energy(CITY, NIGHT, measured_wh={"s-path-01": 123.0})
+    assert r.lamps["s-path-01"].kwh == 0.123 and r.lamps["s-path-01"].measured
+    streets = [z.id for z in CITY.zones if z.kind == "street"]
+    assert r.zones["m-dijon"][0] == pytest.approx(sum(r.zones[s][0] for s in streets))
+    assert r.zones["m-dijon"][0] == pytest.approx(r.kwh)
+    assert r.zones["d-north"][1] == pytest.approx(r.zones["s-lane"][1] + r.zones["s-path"][1])
+    assert 0 < r.zone_saving_pct("d-north") < 100
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["s-avenue", "s-lane"]), st.floats(0, 1), st.floats(0, 1))
+def test_schedule_integral_splits_additively(street: str, x: float, y: float) -> None:
+    from rules.energy import timeline_norm_ms
+
+    tl = CITY.evaluator.timeline(street, NIGHT)
+    a, b = sorted(int(tl.start_ms + f * (tl.end_ms - tl.start_ms)) for f in (x, y))
+    m = CITY.class_minimum(street)
+    whole = timeline_norm_ms(tl, m, PM)
+    parts = (
+        timeline_norm_ms(tl, m, PM, tl.start_ms, a)
+        + timeline_norm_ms(tl, m, PM, a, b)
+        + timeline_norm_ms(tl, m, PM, b, tl.end_ms)
+    )
+    assert parts == pytest.approx(whole, rel=1e-9)
