@@ -13,6 +13,7 @@ seconds (midpoint rule) and added as the difference to the schedule.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import itertools
 import math
@@ -179,6 +180,11 @@ def night_energy(
                 end = ov.expiry_ms if ov.expiry_ms is not None else tl.end_ms
                 special.append((max(ov.start_ms, tl.start_ms), min(end, tl.end_ms)))
             hs = holds.get(lid, [])
+            if hs and not special and len({(h.level, h.ramp_ms) for h in hs}) == 1:
+                # the usual case, presence alone with one rule: exact and fast
+                wh += _presence_exact_wh(tl, hs, rated, minimum, model)
+                lamps[lid] = LampEnergy(wh / 1000, base_kwh)
+                continue
             if hs and tl.dark_from_ms is not None and tl.dark_to_ms is not None:
                 for h in hs:
                     special.append((max(h.start_ms, tl.dark_from_ms), min(h.end_ms, tl.dark_to_ms)))
@@ -192,6 +198,77 @@ def night_energy(
             zones[zid][0] += le.kwh
             zones[zid][1] += le.baseline_kwh
     return EnergyReport(night, lamps, {k: (v[0], v[1]) for k, v in zones.items()})
+
+
+def _envelope(holds: list[Hold]) -> list[tuple[int, int, float, float]]:
+    """Linear pieces (t0, t1, level0, level1) of the max of holds sharing one level and ramp."""
+    level, ramp = holds[0].level, holds[0].ramp_ms
+    on: list[list[int]] = []
+    for h in sorted(holds, key=lambda h: h.start_ms):
+        if on and h.start_ms <= on[-1][1]:
+            on[-1][1] = max(on[-1][1], h.until_ms)
+        else:
+            on.append([h.start_ms, h.until_ms])
+    pieces: list[tuple[int, int, float, float]] = []
+    for k, (s0, u) in enumerate(on):
+        pieces.append((s0, u, level, level))
+        if ramp > 0:
+            stop = min(u + ramp, on[k + 1][0]) if k + 1 < len(on) else u + ramp
+            if stop > u:
+                pieces.append((u, stop, level, level * (1 - (stop - u) / ramp)))
+    return pieces
+
+
+def _pos_part_integral(d0: float, d1: float, width: float) -> float:
+    """Integral over `width` of max(0, d) for d linear from d0 to d1."""
+    if d0 >= 0 and d1 >= 0:
+        return (d0 + d1) / 2 * width
+    if d0 <= 0 and d1 <= 0:
+        return 0.0
+    hi = max(d0, d1)
+    return hi * width * (hi / (abs(d0) + abs(d1))) / 2
+
+
+def _presence_exact_wh(tl: Timeline, holds: list[Hold], rated: float, minimum: float, m: PowerModel) -> float:
+    """Energy (Wh) presence adds to the schedule: exact where the schedule is constant (almost
+    everywhere), sampled every second on the rare schedule ramps under a presence piece."""
+    if tl.dark_from_ms is None or tl.dark_to_ms is None:
+        return 0.0
+    lo_dark, hi_dark = tl.dark_from_ms, tl.dark_to_ms
+    k = rated * (1 - m.min_fraction) / 100.0
+    total_wms = 0.0  # W x ms
+    for t0, t1, p0, p1 in _envelope(holds):
+        a, b = max(t0, lo_dark), min(t1, hi_dark)
+        if b <= a:
+            continue
+
+        def p_at(t: float, t0: int = t0, t1: int = t1, p0: float = p0, p1: float = p1) -> float:
+            return p0 + (p1 - p0) * (t - t0) / (t1 - t0)
+
+        cuts = [a, *(x for x in tl.times if a < x < b), b]
+        for c0, c1 in itertools.pairwise(cuts):
+            if c1 <= c0:
+                continue
+            i = bisect.bisect_right(tl.times, (c0 + c1) / 2)
+            l0 = tl.levels[max(i - 1, 0)]
+            l1 = tl.levels[min(i, len(tl.levels) - 1)]
+            if l0 == l1 or i == 0 or i == len(tl.times):
+                base = max(l0, minimum) if l0 > 0 else 0.0
+                q0, q1 = p_at(c0), p_at(c1)
+                if base > 0:
+                    total_wms += k * _pos_part_integral(q0 - base, q1 - base, c1 - c0)
+                elif q0 > 0 or q1 > 0:  # off -> lit by presence (positive inside the piece)
+                    total_wms += (rated * (m.min_fraction - m.standby_fraction)) * (c1 - c0)
+                    total_wms += k * (q0 + q1) / 2 * (c1 - c0)
+            else:
+                n = max(1, math.ceil((c1 - c0) / 1000))
+                w = (c1 - c0) / n
+                for j in range(n):
+                    t = c0 + (j + 0.5) * w
+                    sched = tl.level_at(int(t))
+                    base = max(sched, minimum) if sched > 0 else 0.0
+                    total_wms += (power_w(rated, max(base, p_at(t)), m) - power_w(rated, base, m)) * w
+    return total_wms / _H_MS
 
 
 def _correction_wh(

@@ -131,3 +131,32 @@ def test_schedule_integral_splits_additively(street: str, x: float, y: float) ->
         + timeline_norm_ms(tl, m, PM, b, tl.end_ms)
     )
     assert parts == pytest.approx(whole, rel=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["s-lane-01", "s-lane-05", "s-path-03"]),
+            st.integers(0, 15 * 3_600_000),
+            st.sampled_from([None, 1.4, 8.0]),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_exact_presence_energy_agrees_with_sampling(events: list[tuple[str, int, float | None]]) -> None:
+    # an override far in the future (no effect) sends the lamp through the sampled path
+    t0 = CITY.evaluator.timeline("s-lane", NIGHT).start_ms
+    evs = [PresenceEvent(lamp, t0 + off, speed, 45.0 if speed else None) for lamp, off, speed in events]
+    future = {
+        "id": "f",
+        "target": {"kind": "zone", "id": "d-north"},
+        "level": 5,
+        "start_ms": t0 + 10**10,
+        "created_ms": 0,
+    }
+    exact = night_energy(CITY, NIGHT, evs)
+    sampled = night_energy(City.model_validate(city_dict(overrides=[future])), NIGHT, evs, step_s=1)
+    for lamp in [x.id for x in CITY.lamps if x.street in ("s-lane", "s-path")]:
+        assert exact.lamps[lamp].kwh == pytest.approx(sampled.lamps[lamp].kwh, rel=1e-3, abs=1e-6)
