@@ -134,7 +134,7 @@ def presence_holds(policy: PolicyData, events: Iterable[PresenceEvent]) -> dict[
         lamp = policy.lamp_by_id.get(e.lamp)
         if lamp is None:
             continue
-        rid = policy.presence_rule_of(lamp.street)
+        rid = ev.presence_rule(lamp.street)
         if rid is None:
             continue
         rule = policy.presence_rule_by_id[rid]
@@ -237,26 +237,27 @@ def _presence_exact_wh(tl: Timeline, holds: list[Hold], rated: float, minimum: f
     lo_dark, hi_dark = tl.dark_from_ms, tl.dark_to_ms
     k = rated * (1 - m.min_fraction) / 100.0
     total_wms = 0.0  # W x ms
+    times, levels = tl.times, tl.levels
+    n_t = len(times)
     for t0, t1, p0, p1 in _envelope(holds):
         a, b = max(t0, lo_dark), min(t1, hi_dark)
         if b <= a:
             continue
-
-        def p_at(t: float, t0: int = t0, t1: int = t1, p0: float = p0, p1: float = p1) -> float:
-            return p0 + (p1 - p0) * (t - t0) / (t1 - t0)
-
-        cuts = [a, *(x for x in tl.times if a < x < b), b]
+        slope = (p1 - p0) / (t1 - t0)
+        i_a, i_b = bisect.bisect_right(times, a), bisect.bisect_left(times, b)
+        cuts = [a, *times[i_a:i_b], b]
         for c0, c1 in itertools.pairwise(cuts):
             if c1 <= c0:
                 continue
-            i = bisect.bisect_right(tl.times, (c0 + c1) / 2)
-            l0 = tl.levels[max(i - 1, 0)]
-            l1 = tl.levels[min(i, len(tl.levels) - 1)]
-            if l0 == l1 or i == 0 or i == len(tl.times):
-                base = max(l0, minimum) if l0 > 0 else 0.0
-                q0, q1 = p_at(c0), p_at(c1)
+            i = bisect.bisect_right(times, (c0 + c1) / 2)
+            l0 = levels[i - 1] if i > 0 else levels[0]
+            l1 = levels[i] if i < n_t else levels[-1]
+            if l0 == l1 or i == 0 or i == n_t:
+                base = (l0 if l0 > minimum else minimum) if l0 > 0 else 0.0
+                q0, q1 = p0 + slope * (c0 - t0), p0 + slope * (c1 - t0)
                 if base > 0:
-                    total_wms += k * _pos_part_integral(q0 - base, q1 - base, c1 - c0)
+                    if q0 > base or q1 > base:
+                        total_wms += k * _pos_part_integral(q0 - base, q1 - base, c1 - c0)
                 elif q0 > 0 or q1 > 0:  # off -> lit by presence (positive inside the piece)
                     total_wms += (rated * (m.min_fraction - m.standby_fraction)) * (c1 - c0)
                     total_wms += k * (q0 + q1) / 2 * (c1 - c0)
@@ -267,7 +268,8 @@ def _presence_exact_wh(tl: Timeline, holds: list[Hold], rated: float, minimum: f
                     t = c0 + (j + 0.5) * w
                     sched = tl.level_at(int(t))
                     base = max(sched, minimum) if sched > 0 else 0.0
-                    total_wms += (power_w(rated, max(base, p_at(t)), m) - power_w(rated, base, m)) * w
+                    p = p0 + slope * (t - t0)
+                    total_wms += (power_w(rated, max(base, p), m) - power_w(rated, base, m)) * w
     return total_wms / _H_MS
 
 

@@ -47,6 +47,7 @@ class Evaluator:
         self._sun: dict[tuple[tuple[int, int], dt.date], SunNight] = {}
         self._timeline: dict[tuple[str, dt.date], Timeline] = {}
         self._line: dict[str, StreetLine] = {}
+        self._presence_rule: dict[str, str | None] = {}
         streets: dict[str, list[str]] = defaultdict(list)
         for lamp in policy.lamps:
             streets[lamp.street].append(lamp.id)
@@ -105,6 +106,12 @@ class Evaluator:
                 p.profile_by_id[pid], why, self.sun(street_id, night), self.tz
             )
         return tl
+
+    def presence_rule(self, street_id: str) -> str | None:
+        """The presence rule id of a street (memoised `policy.presence_rule_of`)."""
+        if street_id not in self._presence_rule:
+            self._presence_rule[street_id] = self.policy.presence_rule_of(street_id)
+        return self._presence_rule[street_id]
 
     def line(self, street_id: str) -> StreetLine:
         """A street's lamps ordered along it."""
@@ -208,7 +215,7 @@ class Evaluator:
         lamp = self.policy.lamp_by_id.get(event.lamp)
         if lamp is None:
             raise KeyError(f"presence event for unknown lamp {event.lamp!r}")
-        rid = self.policy.presence_rule_of(lamp.street)
+        rid = self.presence_rule(lamp.street)
         if rid is None:
             return state.pruned(t_ms)
         rule = self.policy.presence_rule_by_id[rid]

@@ -155,11 +155,12 @@ class Profile(_Model):
     """An ordered list of switch points for one night.
 
     Order rules (checked): clock steps in increasing night order (12:00 .. 11:59), dusk steps
-    before dawn steps, offsets increasing within dusk steps and within dawn steps. When a night's
-    dusk/dawn moves past a clock step (e.g. "23:00" before a June dusk at high latitude), that
-    clock step is skipped that night: a clock step counts only between the nearest dusk/dawn step
-    listed before it and the nearest one listed after it. Before the first step of a night the
-    level is the last step's level (the "day level", usually 0).
+    before dawn steps, offsets increasing within dusk steps and within dawn steps. Per night, a
+    step never happens before a step listed before it: a clock step overtaken by an earlier-listed
+    dusk (a "20:00" step after a 22:00 June dusk) takes effect at that dusk and replaces its
+    level; a clock step at or after a dusk/dawn step listed after it is skipped (a "05:30" step
+    after a 05:13 June dawn+10). Before the first step of a night the level is the last step's
+    level (the "day level", usually 0).
     """
 
     id: Id

@@ -59,9 +59,12 @@ def resolve_steps(profile: Profile, sun: SunNight, tz: ZoneInfo) -> list[tuple[i
     """(instant, step index) of the profile's steps that apply on this night, in time order.
 
     If the profile has dusk/dawn steps and the night has no dark period (midnight sun), no step
-    applies (the lamps stay at the day level). A clock step applies only if it falls after every
-    dusk/dawn step listed before it and before every one listed after it; any step not strictly
-    after the previous applying step is skipped.
+    applies (the lamps stay at the day level). Otherwise each step happens at its own time, but
+    never before a step listed before it: a clock step overtaken by an earlier-listed dusk step
+    (e.g. "20:00 40%" after a 22:00 summer dusk) takes effect at that dusk, replacing the dusk
+    step's level. A clock step that falls at or after a dusk/dawn step listed after it is skipped
+    (e.g. "05:30 70%" after a 05:13 dawn+10 in June: the lamps do not come back on). Among steps
+    due at the same instant the last listed wins.
     """
     anchored = [i for i, s in enumerate(profile.steps) if s.anchor != "clock"]
     if anchored and not sun.dark:
@@ -81,11 +84,11 @@ def resolve_steps(profile: Profile, sun: SunNight, tz: ZoneInfo) -> list[tuple[i
     out: list[tuple[int, int]] = []
     for i, s in enumerate(profile.steps):
         t = when[i]
-        if s.anchor == "clock":
-            if any(when[j] >= t for j in anchored if j < i) or any(when[j] <= t for j in anchored if j > i):
-                continue
-        if out and t <= out[-1][0]:
+        if s.anchor == "clock" and any(when[j] <= t for j in anchored if j > i):
             continue
+        if out and t <= out[-1][0]:
+            t = out[-1][0]
+            out.pop()  # overtaken: this later-listed step replaces it at the same instant
         out.append((t, i))
     return out
 

@@ -264,3 +264,24 @@ def test_evaluate_all_equals_explain_per_lamp(t: int, events: list[tuple[str, in
 def test_unknown_lamp_is_a_key_error_naming_it() -> None:
     with pytest.raises(KeyError, match="nope"):
         explain(CITY, "nope", T0)
+
+
+def test_clock_step_overtaken_by_a_late_dusk_takes_effect_at_dusk() -> None:
+    # "dusk 100, 20:00 40, dawn 0": in June dusk (~22:20) is after 20:00, so the lamps come on at 40%
+    prof = {
+        "id": "early",
+        "steps": [{"at": "dusk", "level": 100}, {"at": "20:00", "level": 40}, {"at": "dawn", "level": 0}],
+    }
+    city = _with(
+        profiles=[*city_dict()["profiles"], prof],
+        calendars=[{"id": "std", "default_profile": "early"}, {"id": "north", "default_profile": "early"}],
+    )
+    june, nov = dt.date(2026, 6, 21), dt.date(2026, 11, 17)
+    sun = city.evaluator.sun("s-avenue", june)
+    assert sun.dusk_ms is not None
+    assert explain(city, "s-avenue-00", sun.dusk_ms - 1).level == 0
+    d = explain(city, "s-avenue-00", sun.dusk_ms)
+    assert d.level == 40 and "step 1 (20:00)" in d.detail
+    # in November dusk is before 20:00: both steps happen
+    assert explain(city, "s-avenue-00", at(nov, 19, 0)).level == 100
+    assert explain(city, "s-avenue-00", at(nov, 20, 0)).level == 40
