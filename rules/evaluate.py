@@ -25,6 +25,7 @@ from rules.presence import Hold, PresenceEvent, PresenceState, StreetLine, apply
 from rules.schedule import Timeline, build_timeline
 
 Source = Literal["override", "crisis", "presence", "schedule"]
+_NIGHTS_KEPT = 4  # per-night caches kept (tonight, last night, and a couple of look-ups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class Evaluator:
         self._timeline: dict[tuple[str, dt.date], Timeline] = {}
         self._line: dict[str, StreetLine] = {}
         self._presence_rule: dict[str, str | None] = {}
+        self._nights: list[dt.date] = []
         streets: dict[str, list[str]] = defaultdict(list)
         for lamp in policy.lamps:
             streets[lamp.street].append(lamp.id)
@@ -84,12 +86,28 @@ class Evaluator:
             return [x.id for x in p.lamps if x.group == target_id]
         return [x.id for x in p.lamps if target_id in p.ancestors(x.street)]
 
+    def _touch(self, night: dt.date) -> None:
+        """Remember the nights in use; forget the per-night caches of all but the latest few, so a
+        long-running hub or edge does not accumulate a year of timelines."""
+        if night in self._nights:
+            return
+        self._nights.append(night)
+        if len(self._nights) > _NIGHTS_KEPT:
+            self._nights.sort()
+            keep = set(self._nights[-_NIGHTS_KEPT:])
+            if night not in keep:  # an old night asked for: keep it too, drop the oldest other
+                keep = {*sorted(keep)[1:], night}
+            self._nights = sorted(keep)
+            self._sun = {k: v for k, v in self._sun.items() if k[1] in keep}
+            self._timeline = {k: v for k, v in self._timeline.items() if k[1] in keep}
+
     def sun(self, street_id: str, night: dt.date) -> SunNight:
         """Dusk/dawn for a street's cell on the night of `night` (computed once per cell and night)."""
         cell = self._street_cell.get(street_id) or cell_of(0.0, 0.0, self.policy.settings.cell_deg)
         key = (cell, night)
         s = self._sun.get(key)
         if s is None:
+            self._touch(night)
             lat, lon = cell_centre(cell, self.policy.settings.cell_deg)
             s = self._sun[key] = sun_night(lat, lon, night, self.tz, self.twilight)
         return s
@@ -99,6 +117,7 @@ class Evaluator:
         key = (street_id, night)
         tl = self._timeline.get(key)
         if tl is None:
+            self._touch(night)
             p = self.policy
             cal = p.calendar_by_id[p.calendar_of(street_id)]
             pid, why = cal.profile_for(night)

@@ -285,3 +285,28 @@ def test_clock_step_overtaken_by_a_late_dusk_takes_effect_at_dusk() -> None:
     # in November dusk is before 20:00: both steps happen
     assert explain(city, "s-avenue-00", at(nov, 19, 0)).level == 100
     assert explain(city, "s-avenue-00", at(nov, 20, 0)).level == 40
+
+
+def test_evaluator_keeps_only_a_few_nights_and_stays_correct() -> None:
+    city = make_city()
+    ev = city.evaluator
+    days = [dt.date(2026, 1, 1) + dt.timedelta(days=k) for k in range(10)]
+    first = [explain(city, "s-avenue-00", at(d, 18)) for d in days]
+    assert len({k[1] for k in ev._timeline}) <= 4 and len({k[1] for k in ev._sun}) <= 4
+    assert [explain(city, "s-avenue-00", at(d, 18)) for d in days] == first
+
+
+def test_clock_step_in_the_skipped_spring_hour_happens_at_the_shifted_instant() -> None:
+    prof = {
+        "id": "p",
+        "steps": [{"at": "dusk", "level": 100}, {"at": "02:30", "level": 40}, {"at": "dawn", "level": 0}],
+    }
+    city = _with(
+        profiles=[*city_dict()["profiles"], prof],
+        calendars=[{"id": "std", "default_profile": "p"}, {"id": "north", "default_profile": "p"}],
+    )
+    night = dt.date(2026, 3, 28)  # clocks go 02:00 -> 03:00 on the 29th
+    switch = at(night + dt.timedelta(days=1), 3, 30)
+    assert explain(city, "s-avenue-00", switch - 1).level == 100
+    assert explain(city, "s-avenue-00", switch).level == 40
+    assert dt.datetime.fromtimestamp(switch / 1000, PARIS).strftime("%H:%M%z") == "03:30+0200"
