@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -105,9 +106,9 @@ class PolicySettings(_Model):
             raise ValueError(f"unknown lighting class(es) {unknown}; known: {', '.join(LIGHTING_CLASSES)}")
         return {**DEFAULT_CLASS_MINIMUM, **v}
 
-    @functools.cached_property
+    @property
     def tz(self) -> ZoneInfo:
-        """The city's time zone."""
+        """The city's time zone (ZoneInfo caches instances by key)."""
         return ZoneInfo(self.timezone)
 
 
@@ -499,6 +500,18 @@ class PolicyData(_Model):
             )
         return self
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy without the cached lookups and evaluator; with `update`, validated again (so
+        references are checked and, for a Plan, the version must match the new content)."""
+        if update:
+            return type(self).model_validate(
+                {**{k: getattr(self, k) for k in type(self).model_fields}, **update}
+            )
+        copied = super().model_copy(deep=deep)
+        for name in _CACHED:
+            copied.__dict__.pop(name, None)
+        return copied
+
     # Lookups, computed once per (immutable) instance.
 
     @functools.cached_property
@@ -562,6 +575,9 @@ class PolicyData(_Model):
         from rules.evaluate import Evaluator
 
         return Evaluator(self)
+
+
+_CACHED = ("lamp_by_id", "zone_by_id", "profile_by_id", "calendar_by_id", "presence_rule_by_id", "evaluator")
 
 
 class City(PolicyData):

@@ -168,3 +168,28 @@ def test_settings_errors_and_partial_class_minimum() -> None:
         PolicySettings.model_validate({"class_minimum": {"M7": 10}})
     s = PolicySettings.model_validate({"class_minimum": {"P6": 0}})
     assert s.class_minimum["P6"] == 0 and s.class_minimum["M1"] == 50
+
+
+def test_model_copy_with_update_is_validated_and_evaluates_afresh() -> None:
+    import datetime as dt
+
+    from rules_city import at
+
+    from rules import explain
+
+    city = make_city()
+    t = at(dt.date(2026, 11, 17), 21)
+    assert explain(city, "s-avenue-00", t).source == "schedule"
+    ov = {
+        "id": "o",
+        "target": {"kind": "lamp", "id": "s-avenue-00"},
+        "level": 0,
+        "start_ms": 0,
+        "created_ms": 0,
+    }
+    copy = city.model_copy(update={"overrides": [ov]})
+    assert explain(copy, "s-avenue-00", t).source == "override"
+    assert explain(city, "s-avenue-00", t).source == "schedule"
+    assert explain(copy.model_copy(update={"overrides": []}), "s-avenue-00", t).source == "schedule"
+    with pytest.raises(ValidationError, match="no street 'nowhere'"):
+        city.model_copy(update={"crises": [{"id": "c", "streets": ["nowhere"], "start_ms": 0}]})
