@@ -30,9 +30,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
+import msgpack
 
 from rules import (
     City,
+    Plan,
     PresenceEvent,
     PresenceState,
     apply_event,
@@ -41,6 +43,7 @@ from rules import (
     explain,
     night_bounds,
     night_energy,
+    plan_for,
 )
 
 CENTRE = (47.3220, 5.0415)
@@ -453,6 +456,17 @@ def speed(lay: Layout, night: dt.date, min_s: float) -> dict[str, Any]:
         {lid: level_of_street[street_of[lid]] for lid in ids}
 
     triv, _ = _rate(trivial, min_s)
+    by_gw: dict[str, list[str]] = {}
+    for x in city.lamps:
+        by_gw.setdefault(x.gateway or "-", []).append(x.id)
+    t0 = time.perf_counter()
+    plans = [plan_for(city, ids, gw) for gw, ids in by_gw.items()]
+    plans_s = time.perf_counter() - t0
+    wire_bytes = [len(msgpack.packb(p.to_wire())) for p in plans]
+    t0 = time.perf_counter()
+    for p in plans[:50]:
+        Plan.from_wire(msgpack.unpackb(msgpack.packb(p.to_wire())))
+    from_wire_s = (time.perf_counter() - t0) / min(50, len(plans))
     t0 = time.perf_counter()
     s2 = PresenceState()
     for e in events:
@@ -468,6 +482,10 @@ def speed(lay: Layout, night: dt.date, min_s: float) -> dict[str, Any]:
         "trivial_loop_lamps_per_s": triv * n,
         "apply_event_per_s": len(events) / apply_s if apply_s else 0.0,
         "events_folded": len(events),
+        "gateways": len(plans),
+        "plan_for_all_gateways_s": plans_s,
+        "plan_wire_bytes_median": sorted(wire_bytes)[len(wire_bytes) // 2],
+        "plan_from_wire_ms": from_wire_s * 1000,
     }
 
 
@@ -567,6 +585,10 @@ def main() -> None:
     print(
         f"first call of a night (dusk/dawn per cell + timelines): {sp['cold_first_call_s']:.3f} s; "
         f"apply_event: {sp['apply_event_per_s']:,.0f} events/s"
+    )
+    print(
+        f"plans: {sp['gateways']} gateways sliced in {sp['plan_for_all_gateways_s']:.2f} s, "
+        f"median {sp['plan_wire_bytes_median']:,} bytes on the wire, from_wire {sp['plan_from_wire_ms']:.1f} ms"
     )
     cm = commands(lay, winter)
     print(
