@@ -258,9 +258,11 @@ def _presence_exact_wh(tl: Timeline, holds: list[Hold], rated: float, minimum: f
                 if base > 0:
                     if q0 > base or q1 > base:
                         total_wms += k * _pos_part_integral(q0 - base, q1 - base, c1 - c0)
-                elif q0 > 0 or q1 > 0:  # off -> lit by presence (positive inside the piece)
+                elif q0 > 0 or q1 > 0:  # off -> lit by presence at max(presence, class minimum)
                     total_wms += (rated * (m.min_fraction - m.standby_fraction)) * (c1 - c0)
-                    total_wms += k * (q0 + q1) / 2 * (c1 - c0)
+                    total_wms += k * (
+                        minimum * (c1 - c0) + _pos_part_integral(q0 - minimum, q1 - minimum, c1 - c0)
+                    )
             else:
                 n = max(1, math.ceil((c1 - c0) / 1000))
                 w = (c1 - c0) / n

@@ -186,6 +186,8 @@ class Evaluator:
         base = max(sched, minimum) if lit else 0.0
         if presence is not None and tl.is_dark(t_ms):
             p = presence.level(lamp_id, t_ms)
+            if 0 < p < minimum:
+                p = minimum  # a lamp lit by presence is lit: never under its class minimum
             if p > base:
                 return Decision(p, "presence", f"presence {p:g}% over schedule {base:g}%")
         return Decision(base, "schedule", self._why(tl, t_ms, sched, minimum, lit))

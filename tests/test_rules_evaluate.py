@@ -310,3 +310,18 @@ def test_clock_step_in_the_skipped_spring_hour_happens_at_the_shifted_instant() 
     assert explain(city, "s-avenue-00", switch - 1).level == 100
     assert explain(city, "s-avenue-00", switch).level == 40
     assert dt.datetime.fromtimestamp(switch / 1000, PARIS).strftime("%H:%M%z") == "03:30+0200"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["s-lane-02", "s-lane-05", "s-path-04"]), st.integers(0, 200_000))
+def test_a_lamp_lit_by_presence_is_never_under_its_class_minimum(lamp: str, dt_ms: int) -> None:
+    low = city_dict()
+    low["presence_rules"][0]["level"] = 12  # under P4's 15% minimum, over P6's 10%
+    city = City.model_validate(low)
+    t = at(NOV + dt.timedelta(days=1), 2, 0)  # scheduled off ("deep" profile)
+    state = apply_event(PresenceState(), PresenceEvent(lamp, t), city, t)
+    d = explain(city, lamp, t + dt_ms, state)
+    minimum = city.class_minimum(city.lamp_by_id[lamp].street)
+    assert d.level == 0 or d.level >= minimum
+    if dt_ms <= 60_000:
+        assert d.level == max(12, minimum) and d.source == "presence"
