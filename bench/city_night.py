@@ -91,7 +91,7 @@ TYPE_BY_NAME = {t.name: t for t in TYPES}
 TRAFFIC_PER_H = {16: 20, 17: 20, 18: 20, 19: 12, 20: 12, 21: 6, 22: 6, 23: 3, 0: 2, 1: 0.8, 2: 0.5,
                  3: 0.5, 4: 0.8, 5: 3, 6: 10, 7: 20, 8: 20, 9: 20}  # fmt: skip
 SENSOR_EVERY = 4  # one sensor every 4th lamp
-GROUP_SIZE = 8  # DALI group: 8 consecutive lamps of a street
+GROUP_SIZE = 8  # DALI group: 8 consecutive lamps of a street; plus one broadcast per gateway (its bus)
 GATEWAY_LAMPS = 50
 
 
@@ -165,6 +165,7 @@ def build_layout(n_lamps: int, seed: int = 2026) -> Layout:
                     if gw_fill >= GATEWAY_LAMPS:
                         gw_count, gw_fill = gw_count + 1, 0
                     gw_fill += 1
+                    lay.groups.setdefault(f"gw{gw_count:03d}-broadcast", []).append(lid)
                     lay.lamps.append(
                         {
                             "id": lid,
@@ -490,30 +491,44 @@ def speed(lay: Layout, night: dt.date, min_s: float) -> dict[str, Any]:
 
 
 def commands(lay: Layout, night: dt.date) -> dict[str, Any]:
-    """Commands per schedule step of a night with and without group merging (eco-lit profile set)."""
+    """Commands per schedule step of a night with and without group merging (eco-lit profile set).
+
+    The runner acts at each step instant and at the end of each ramp (the fade itself is left to
+    the gear, e.g. DALI fade time); steps are labelled by the profile step that fell due (a
+    dusk or dawn step falls at a slightly different instant in each location cell).
+    """
     city = city_for(lay, _eco_lit)
     start, _ = night_bounds(night, city.settings.tz)
     ev = city.evaluator
-    instants = sorted({t for s in lay.street_lamps for t, _ in ev.timeline(s, night).steps})
-    # the moments a runner would act: each step and the end of each ramp (10 min after 21:00)
-    ticks = sorted(set(instants) | {t + 10 * 60_000 + 1 for t in instants})
+    label: dict[int, set[str]] = {}
+    for sid in lay.street_lamps:
+        tl = ev.timeline(sid, night)
+        prof = city.profile_by_id[tl.profile_id]
+        for t, i in tl.steps:
+            label.setdefault(t, set()).add(prof.steps[i].at)
+            if prof.steps[i].ramp_min:
+                # the fade into the next step ends ramp_min after it
+                nxt = [u for u, j in tl.steps if j > i]
+                if nxt:
+                    end = nxt[0] + int(prof.steps[i].ramp_min * 60_000) + 1
+                    label.setdefault(end, set()).add("ramp end")
     last_g: dict[str, float] = {}
     last_s: dict[str, float] = {}
-    rows = []
-    first = True
-    for t in [start, *ticks]:
+    buckets: dict[str, dict[str, int]] = {}
+    levels = ev.levels_all(start)
+    _, last_g = diff_commands(levels, last_g, lay.groups)
+    _, last_s = diff_commands(levels, last_s, None)
+    for t in sorted(label):
         levels = ev.levels_all(t)
         cg, last_g = diff_commands(levels, last_g, lay.groups)
         cs, last_s = diff_commands(levels, last_s, None)
-        if not first and cs:
-            rows.append(
-                {
-                    "t": dt.datetime.fromtimestamp(t / 1000, city.settings.tz).strftime("%H:%M:%S"),
-                    "single": len(cs),
-                    "grouped": len(cg),
-                }
-            )
-        first = False
+        if cs:
+            key = " + ".join(sorted(label[t]))
+            b = buckets.setdefault(key, {"instants": 0, "single": 0, "grouped": 0})
+            b["instants"] += 1
+            b["single"] += len(cs)
+            b["grouped"] += len(cg)
+    rows = [{"step": k, **v} for k, v in buckets.items()]
     tot_s = sum(r["single"] for r in rows)
     tot_g = sum(r["grouped"] for r in rows)
     return {"steps": rows, "single_total": tot_s, "grouped_total": tot_g, "groups": len(lay.groups)}
@@ -593,11 +608,15 @@ def main() -> None:
     cm = commands(lay, winter)
     print(
         _common.table(
-            ["schedule step (eco-lit)", "single-lamp commands", "with group merging", "ratio"],
-            [[r["t"], r["single"], r["grouped"], r["grouped"] / r["single"]] for r in cm["steps"]]
+            ["schedule step (eco-lit)", "instants", "single-lamp commands", "with group merging", "ratio"],
+            [
+                [r["step"], r["instants"], r["single"], r["grouped"], r["grouped"] / r["single"]]
+                for r in cm["steps"]
+            ]
             + [
                 [
                     "whole night",
+                    sum(r["instants"] for r in cm["steps"]),
                     cm["single_total"],
                     cm["grouped_total"],
                     cm["grouped_total"] / max(1, cm["single_total"]),
