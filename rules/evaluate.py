@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -274,8 +274,3 @@ def apply_event(state: PresenceState, event: PresenceEvent, policy: PolicyData, 
     """A new presence state: `event` raises its lamp and its street neighbours per the street's
     presence rule (unchanged, but pruned at `t_ms`, if the street has none). KeyError: unknown lamp."""
     return policy.evaluator.apply_event(state, event, t_ms)
-
-
-def presence_rules_by_street(policy: PolicyData) -> Mapping[str, str | None]:
-    """The presence rule id governing each street (None: no presence)."""
-    return {z.id: policy.presence_rule_of(z.id) for z in policy.zones if z.kind == "street"}
