@@ -238,7 +238,7 @@ class Evaluator:
             raise KeyError(f"presence event for unknown lamp {event.lamp!r}")
         rid = self.presence_rule(lamp.street)
         if rid is None:
-            return state.pruned(t_ms)
+            return state
         rule = self.policy.presence_rule_by_id[rid]
         lamps = reach(self.line(lamp.street), lamp.id, rule, event.speed_mps, event.heading_deg)
         until = event.t_ms + int(rule.hold_s * 1000)
@@ -272,5 +272,6 @@ def evaluate_all(
 
 def apply_event(state: PresenceState, event: PresenceEvent, policy: PolicyData, t_ms: int) -> PresenceState:
     """A new presence state: `event` raises its lamp and its street neighbours per the street's
-    presence rule (unchanged, but pruned at `t_ms`, if the street has none). KeyError: unknown lamp."""
+    presence rule (the same state if the street has none); `t_ms` is now, for dropping faded
+    holds. KeyError: unknown lamp."""
     return policy.evaluator.apply_event(state, event, t_ms)

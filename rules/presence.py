@@ -78,6 +78,9 @@ class PresenceState:
     """The active presence holds per lamp. Immutable: `apply_event` returns a new state."""
 
     holds: Mapping[str, tuple[Hold, ...]] = field(default_factory=lambda: _EMPTY)
+    #: When faded holds were last dropped from every lamp (apply_event does it every few seconds;
+    #: a faded hold left in place contributes 0, so this only bounds the state's size).
+    pruned_ms: int = 0
 
     def level(self, lamp_id: str, t_ms: int) -> float:
         """The presence level of a lamp at `t_ms` (0 if none)."""
@@ -89,7 +92,7 @@ class PresenceState:
     def pruned(self, t_ms: int) -> PresenceState:
         """The same state without holds that have fully faded by `t_ms`."""
         out = {k: kept for k, hs in self.holds.items() if (kept := tuple(h for h in hs if h.end_ms > t_ms))}
-        return PresenceState(MappingProxyType(out))
+        return PresenceState(MappingProxyType(out), t_ms)
 
     def active_lamps(self, t_ms: int) -> list[str]:
         """Lamps with a non-zero presence level at `t_ms`, sorted."""
@@ -156,12 +159,22 @@ def reach(
     return [lid for lid, q in zip(line.lamp_ids, line.pos_m, strict=True) if -back <= q - p <= fwd]
 
 
+_PRUNE_EVERY_MS = 10_000
+
+
 def apply_holds(state: PresenceState, lamps: Sequence[str], hold: Hold, t_ms: int) -> PresenceState:
-    """Add `hold` to each of `lamps`, dropping holds faded by `t_ms` or dominated by another one."""
-    out = dict(state.pruned(t_ms).holds)
+    """Add `hold` to each of `lamps`, dropping holds faded by `t_ms` or dominated by another one.
+
+    Faded holds of the other lamps are dropped at most every 10 s (a full pass costs the number of
+    active lamps), so folding in an event costs about the lamps it raises.
+    """
+    if t_ms - state.pruned_ms >= _PRUNE_EVERY_MS:
+        state = state.pruned(t_ms)
+    out = dict(state.holds)
     for lid in lamps:
-        old = out.get(lid, ())
+        old = tuple(h for h in out.get(lid, ()) if h.end_ms > t_ms)
         if any(h.dominates(hold) for h in old):
+            out[lid] = old
             continue
         out[lid] = (*(h for h in old if not hold.dominates(h)), hold)
-    return PresenceState(MappingProxyType(out))
+    return PresenceState(MappingProxyType(out), state.pruned_ms)

@@ -129,3 +129,17 @@ def test_level_is_the_max_over_all_events_holds(events: list[tuple[str, int]], p
     t = T + max(probe, events[-1][1])
     for x in LANE:
         assert state.level(x, t) == max(s.level(x, t) for s in full)
+
+
+def test_state_stays_small_over_a_long_night() -> None:
+    # an event every 5 s for two hours, alternating between the two presence streets
+    state = PresenceState()
+    lamps = ["s-lane-00", "s-path-07", "s-lane-09", "s-path-00"]
+    for k in range(2 * 720):
+        t = T + k * 5_000
+        state = apply_event(state, PresenceEvent(lamps[k % 4], t), CITY, t)
+        assert sum(len(h) for h in state.holds.values()) <= 3 * len(CITY.lamps)
+    # only what was raised in the last hold + fade + prune period remains
+    recent = {x for hs in state.holds.values() for x in hs if x.end_ms > t}
+    assert all(h.end_ms > t - 10_000 for hs in state.holds.values() for h in hs)
+    assert recent
