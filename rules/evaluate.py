@@ -62,6 +62,15 @@ class Evaluator:
         self.minimum: dict[str, float] = {
             z.id: policy.class_minimum(z.id) for z in policy.zones if z.kind == "street"
         }
+        # zone -> lamps in its subtree, group -> lamps: resolve override targets in O(lamps)
+        self._under: dict[str, list[str]] = defaultdict(list)
+        self._group: dict[str, list[str]] = defaultdict(list)
+        for sid, ids in self.street_lamps.items():
+            for zid in policy.ancestors(sid):
+                self._under[zid].extend(ids)
+        for lamp in policy.lamps:
+            if lamp.group is not None:
+                self._group[lamp.group].append(lamp.id)
         # overrides resolved to lamps once; per lamp sorted latest first
         by_lamp: dict[str, list[Override]] = defaultdict(list)
         for ov in policy.overrides:
@@ -83,8 +92,8 @@ class Evaluator:
         if kind == "lamp":
             return [target_id] if target_id in p.lamp_by_id else []
         if kind == "group":
-            return [x.id for x in p.lamps if x.group == target_id]
-        return [x.id for x in p.lamps if target_id in p.ancestors(x.street)]
+            return list(self._group.get(target_id, ()))
+        return list(self._under.get(target_id, ()))
 
     def _touch(self, night: dt.date) -> None:
         """Remember the nights in use; forget the per-night caches of all but the latest few, so a
