@@ -136,27 +136,34 @@ def street_line(lamps: Sequence[Lamp]) -> StreetLine:
 def reach(
     line: StreetLine, lamp_id: str, rule: PresenceRule, speed_mps: float | None, heading_deg: float | None
 ) -> list[str]:
-    """The lamps an event at `lamp_id` raises (itself included), in street order."""
+    """The lamps an event at `lamp_id` raises (itself included), in street order.
+
+    Each side gets `reach_m` metres or `reach_lamps` lamps; with a speed, at least
+    speed x `lookahead_s` metres (capped at `max_reach_m`) ahead, or on both sides when the
+    heading is unknown; with a heading, the side behind gets `behind_factor` of the base reach.
+    """
     i = line.lamp_ids.index(lamp_id)
-    if rule.reach_lamps is not None:
-        # convert a lamp count to metres with the street's mean spacing, then reuse the metric rules
-        n = len(line.lamp_ids)
-        spacing = line.pos_m[-1] / (n - 1) if n > 1 else 0.0
-        base = rule.reach_lamps * spacing + spacing * 0.5
-    else:
-        assert rule.reach_m is not None
-        base = rule.reach_m
-    fast = base if speed_mps is None else max(base, speed_mps * rule.lookahead_s)
-    fast = min(fast, rule.max_reach_m)
+    base_m = rule.reach_m or 0.0
+    base_n = rule.reach_lamps or 0
+    fast_m = base_m if speed_mps is None else max(base_m, speed_mps * rule.lookahead_s)
+    fast_m = min(fast_m, rule.max_reach_m)
     if heading_deg is None:
-        fwd = back = fast
+        fwd_m = back_m = fast_m
+        fwd_n = back_n = base_n
     else:
-        # +1 if moving towards increasing positions along the street
-        along = math.cos(math.radians(heading_deg - line.bearing_deg))
-        ahead, behind = fast, min(base, rule.max_reach_m) * rule.behind_factor
-        fwd, back = (ahead, behind) if along >= 0 else (behind, ahead)
+        ahead_m, behind_m = fast_m, min(base_m, rule.max_reach_m) * rule.behind_factor
+        ahead_n, behind_n = base_n, int(base_n * rule.behind_factor)
+        # moving towards increasing positions along the street?
+        if math.cos(math.radians(heading_deg - line.bearing_deg)) >= 0:
+            fwd_m, back_m, fwd_n, back_n = ahead_m, behind_m, ahead_n, behind_n
+        else:
+            fwd_m, back_m, fwd_n, back_n = behind_m, ahead_m, behind_n, ahead_n
     p = line.pos_m[i]
-    return [lid for lid, q in zip(line.lamp_ids, line.pos_m, strict=True) if -back <= q - p <= fwd]
+    return [
+        lid
+        for j, (lid, q) in enumerate(zip(line.lamp_ids, line.pos_m, strict=True))
+        if -back_m <= q - p <= fwd_m or -back_n <= j - i <= fwd_n
+    ]
 
 
 _PRUNE_EVERY_MS = 10_000

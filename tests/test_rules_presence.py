@@ -7,9 +7,9 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rules_city import at, make_city
+from rules_city import at, city_dict, make_city
 
-from rules import Lamp, PresenceEvent, PresenceState, apply_event, explain
+from rules import City, Lamp, PresenceEvent, PresenceState, apply_event, explain
 from rules.presence import street_line
 
 CITY = make_city()
@@ -143,3 +143,24 @@ def test_state_stays_small_over_a_long_night() -> None:
     recent = {x for hs in state.holds.values() for x in hs if x.end_ms > t}
     assert all(h.end_ms > t - 10_000 for hs in state.holds.values() for h in hs)
     assert recent
+
+
+def test_reach_in_lamps_counts_lamps_and_still_extends_ahead_with_speed() -> None:
+    d = city_dict()
+    d["presence_rules"][0] = {
+        "id": "walk",
+        "level": 80,
+        "reach_lamps": 2,
+        "lookahead_s": 8,
+        "behind_factor": 0.5,
+    }
+    city = City.model_validate(d)
+
+    def raised(e: PresenceEvent) -> list[str]:
+        s = apply_event(PresenceState(), e, city, T)
+        return [x for x in LANE if s.level(x, T) > 0]
+
+    assert raised(PresenceEvent("s-lane-05", T)) == LANE[3:8]
+    assert raised(PresenceEvent("s-lane-05", T, heading_deg=45)) == LANE[4:8]  # 1 behind, 2 ahead
+    assert raised(PresenceEvent("s-lane-05", T, speed_mps=12, heading_deg=45)) == LANE[4:9]  # 96 m ahead
+    assert raised(PresenceEvent("s-lane-00", T)) == LANE[0:3]  # the street's end
