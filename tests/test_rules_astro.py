@@ -35,6 +35,7 @@ def _local(t_ms: int, tz: ZoneInfo) -> dt.datetime:
     return dt.datetime.fromtimestamp(t_ms / 1000, tz)
 
 
+@settings(deadline=None)
 @given(st.datetimes(min_value=dt.datetime(2020, 1, 1), max_value=dt.datetime(2035, 12, 31)))
 def test_night_boundary_is_local_noon(naive: dt.datetime) -> None:
     local = naive.replace(tzinfo=PARIS)

@@ -41,6 +41,7 @@ def test_power_model_is_linear_above_a_floor_with_standby_when_off() -> None:
     assert power_w(100, 1, PM) > power_w(100, 0, PM)
 
 
+@settings(deadline=None)
 @given(st.floats(0, 100), st.floats(0, 100))
 def test_power_grows_with_level(a: float, b: float) -> None:
     lo, hi = sorted((a, b))
