@@ -83,8 +83,10 @@ def resolve_steps(profile: Profile, sun: SunNight, tz: ZoneInfo) -> list[tuple[i
             when.append(local_ms(day, h, m, tz))
     out: list[tuple[int, int]] = []
     for i, s in enumerate(profile.steps):
-        t = when[i]
-        if s.anchor == "clock" and any(when[j] <= t for j in anchored if j > i):
+        # a step due before the night starts (dusk-10 in a polar night, whose dusk is noon) is in
+        # force from the start
+        t = max(when[i], sun.start_ms)
+        if s.anchor == "clock" and any(when[j] <= when[i] for j in anchored if j > i):
             continue
         if out and t <= out[-1][0]:
             t = out[-1][0]

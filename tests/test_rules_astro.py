@@ -151,3 +151,21 @@ def test_skipped_wall_time_maps_forward_and_repeated_to_first() -> None:
     assert _local(spring, PARIS).strftime("%H:%M %z") == "03:30 +0200"
     autumn = local_ms(dt.date(2026, 10, 25), 2, 30, PARIS)
     assert _local(autumn, PARIS).strftime("%H:%M %z") == "02:30 +0200"  # the first 02:30 (summer time)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.floats(-60, 66),
+    st.floats(-5, 10),
+    st.dates(min_value=dt.date(2024, 1, 1), max_value=dt.date(2030, 12, 31)),
+    st.sampled_from(list(Twilight)),
+)
+def test_dusk_before_dawn_inside_the_night_anywhere_in_the_time_zone(
+    lat: float, lon: float, night: dt.date, twilight: Twilight
+) -> None:
+    s = sun_night(lat, lon, night, PARIS, twilight)
+    if s.dark:
+        assert s.dusk_ms is not None and s.dawn_ms is not None
+        assert s.start_ms <= s.dusk_ms < s.dawn_ms <= s.end_ms
+    else:
+        assert s.dusk_ms is None and s.dawn_ms is None

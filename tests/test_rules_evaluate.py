@@ -325,3 +325,35 @@ def test_a_lamp_lit_by_presence_is_never_under_its_class_minimum(lamp: str, dt_m
     assert d.level == 0 or d.level >= minimum
     if dt_ms <= 60_000:
         assert d.level == max(12, minimum) and d.source == "presence"
+
+
+def test_polar_night_lamps_follow_the_profile_from_noon() -> None:
+    city = _with(
+        settings={"timezone": "Europe/Oslo"},
+        lamps=[{**x, "lat": x["lat"] + 32.7, "lon": x["lon"] + 10} for x in city_dict()["lamps"]],
+    )
+    oslo = ZoneInfo("Europe/Oslo")
+    noon = int(dt.datetime(2026, 12, 21, 12, tzinfo=oslo).timestamp() * 1000)
+    d = explain(city, "s-avenue-00", noon + 3_600_000)  # 13:00, sun below -6 deg all day at 80 N
+    assert d.level == 100 and "dusk-10min" in d.detail
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from(["s-avenue", "s-lane"]),
+    st.dates(min_value=dt.date(2026, 1, 1), max_value=dt.date(2026, 12, 31)),
+    st.sampled_from([(47.3, 5.0), (70.0, 20.0), (80.0, 15.0)]),
+)
+def test_timeline_breakpoints_are_in_time_order(
+    street: str, night: dt.date, where: tuple[float, float]
+) -> None:
+    city = _with(
+        lamps=[
+            {**x, "lat": where[0] + (x["lat"] - 47.32), "lon": where[1] + (x["lon"] - 5.04)}
+            for x in city_dict()["lamps"]
+        ]
+    )
+    tl = city.evaluator.timeline(street, night)
+    assert list(tl.times) == sorted(tl.times)
+    assert [t for t, _ in tl.steps] == sorted(t for t, _ in tl.steps)
+    assert all(tl.start_ms <= t for t in tl.times)
