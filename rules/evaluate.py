@@ -13,13 +13,14 @@ immutable policy, so results do not depend on the order of calls.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from rules.astro import SunNight, cell_centre, cell_of, night_of, sun_night
+from rules.astro import SunNight, cell_centre, cell_of, night_bounds, night_of, sun_night
 from rules.model import Override, PolicyData, Twilight
 from rules.presence import Hold, PresenceEvent, PresenceState, StreetLine, apply_holds, reach, street_line
 from rules.schedule import Timeline, build_timeline
@@ -240,6 +241,30 @@ class Evaluator:
         """Levels only, for every lamp at `t_ms` (the fast path of `evaluate_all`)."""
         return {k: d.level for k, d in self.evaluate_all(t_ms, presence).items()}
 
+    def next_change(self, t_ms: int, presence: PresenceState | None = None, tick_ms: int = 10_000) -> int:
+        """The next instant after `t_ms` at which some lamp's level may change (see `next_change`)."""
+        night = night_of(t_ms, self.tz)
+        cands: list[int] = [night_bounds(night, self.tz)[1]]  # the next night's timelines
+        for street in self.street_lamps:
+            tl = self.timeline(street, night)
+            k = bisect.bisect_right(tl.times, t_ms)
+            if k < len(tl.times):
+                cands.append(tl.times[k])
+                if 0 < k and tl.levels[k - 1] != tl.levels[k]:
+                    cands.append(t_ms + tick_ms)  # inside a ramp
+            cands += [x for x in (tl.dark_from_ms, tl.dark_to_ms) if x is not None and x > t_ms]
+        for ov in self.policy.overrides:
+            cands += [x for x in (ov.start_ms, ov.expiry_ms) if x is not None and x > t_ms]
+        for cr in self.policy.crises:
+            cands += [x for x in (cr.start_ms, cr.end_ms) if x is not None and x > t_ms]
+        if presence is not None:
+            for holds in presence.holds.values():
+                for h in holds:
+                    cands += [x for x in (h.start_ms, h.until_ms, h.end_ms) if x > t_ms]
+                    if h.until_ms <= t_ms < h.end_ms:
+                        cands.append(t_ms + min(tick_ms, 1_000))  # inside a fade
+        return min(cands)
+
     def apply_event(self, state: PresenceState, event: PresenceEvent, t_ms: int) -> PresenceState:
         """The presence state after `event` (see `rules.apply_event`)."""
         lamp = self.policy.lamp_by_id.get(event.lamp)
@@ -284,3 +309,14 @@ def apply_event(state: PresenceState, event: PresenceEvent, policy: PolicyData, 
     presence rule (the same state if the street has none); `t_ms` is now, for dropping faded
     holds. KeyError: unknown lamp."""
     return policy.evaluator.apply_event(state, event, t_ms)
+
+
+def next_change(
+    policy: PolicyData, t_ms: int, presence: PresenceState | None = None, tick_ms: int = 10_000
+) -> int:
+    """The next instant (epoch ms, > t_ms) at which some lamp's level may change, for a runner
+    that sleeps until then: the next schedule breakpoint of any street, dusk/dawn (presence
+    gating), the night's end, override and crisis starts and ends, presence holds starting,
+    ending and fading out. Inside a schedule ramp: `t_ms + tick_ms`; inside a presence fade:
+    `t_ms + min(tick_ms, 1 s)`. New presence events and policy changes are the runner's to watch."""
+    return policy.evaluator.next_change(t_ms, presence, tick_ms)

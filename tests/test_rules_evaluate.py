@@ -357,3 +357,36 @@ def test_timeline_breakpoints_are_in_time_order(
     assert list(tl.times) == sorted(tl.times)
     assert [t for t, _ in tl.steps] == sorted(t for t, _ in tl.steps)
     assert all(tl.start_ms <= t for t in tl.times)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 26 * 3_600_000),
+    st.lists(st.tuples(st.sampled_from(LAMPS), st.integers(-200_000, 0)), max_size=4),
+)
+def test_levels_do_not_change_before_next_change(off: int, events: list[tuple[str, int]]) -> None:
+    from rules import next_change
+
+    t0 = at(NOV, 12)
+    t = t0 + off
+    city = _with(
+        overrides=[_override("o", ("group", "g-s-avenue-1"), 20, t0 + 5 * 3_600_000, t0 + 6 * 3_600_000, 0)],
+        crises=[
+            {
+                "id": "c",
+                "streets": ["s-square"],
+                "start_ms": t0 + 9 * 3_600_000,
+                "end_ms": t0 + 9 * 3_600_000 + 60_000,
+            }
+        ],
+    )
+    state = PresenceState()
+    for lamp, d in sorted(events, key=lambda e: e[1]):
+        state = apply_event(state, PresenceEvent(lamp, t + d), city, t + d)
+    n = next_change(city, t, state, tick_ms=10_000)
+    assert n > t
+    if n - t <= 10_000:
+        return  # inside a ramp or a fade: the runner ticks
+    now = {k: d.level for k, d in evaluate_all(city, t, state).items()}
+    for u in (t + 1, (t + n) // 2, n - 1):
+        assert {k: d.level for k, d in evaluate_all(city, u, state).items()} == now
