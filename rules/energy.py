@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from rules.evaluate import Evaluator
 from rules.model import PolicyData, PowerModel
 from rules.presence import Hold, PresenceEvent, PresenceState, reach
 from rules.schedule import Timeline
@@ -276,7 +277,7 @@ def _presence_exact_wh(tl: Timeline, holds: list[Hold], rated: float, minimum: f
 
 
 def _correction_wh(
-    ev: object,
+    ev: Evaluator,
     lid: str,
     street: str,
     tl: Timeline,
@@ -288,9 +289,6 @@ def _correction_wh(
     model: PowerModel,
 ) -> float:
     """Energy (Wh) the arbitrated level adds to (or removes from) the schedule over `spans`."""
-    from rules.evaluate import Evaluator
-
-    assert isinstance(ev, Evaluator)
     hs = sorted(holds, key=lambda h: h.start_ms)
     total = 0.0
     for a, b in spans:
