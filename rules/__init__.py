@@ -5,7 +5,7 @@ No I/O, no clock reads: every instant is an argument in epoch milliseconds. See 
 
 from rules.astro import SunNight, local_ms, night_bounds, night_of, sun_night
 from rules.commands import diff_commands, merge_groups
-from rules.energy import EnergyReport, LampEnergy, night_energy, power_w
+from rules.energy import EnergyReport, LampEnergy, measured_wh, night_energy, power_w
 from rules.evaluate import Decision, Evaluator, Source, apply_event, evaluate_all, explain, next_change
 from rules.model import (
     DEFAULT_CLASS_MINIMUM,
@@ -65,6 +65,7 @@ __all__ = [
     "evaluate_all",
     "explain",
     "local_ms",
+    "measured_wh",
     "merge_groups",
     "next_change",
     "night_bounds",

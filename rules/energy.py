@@ -304,3 +304,33 @@ def _correction_wh(
         # sampled actual minus the exact schedule: exact for constant overrides and crises
         total += actual_wh * width / _H_MS - rated * timeline_norm_ms(tl, minimum, model, a, b) / _H_MS
     return total
+
+
+def measured_wh(
+    samples: Iterable[tuple[int, float]],
+    start_ms: int,
+    end_ms: int,
+    max_gap_ms: int = 15 * 60_000,
+    min_coverage: float = 0.9,
+) -> float | None:
+    """Energy (Wh) over [start_ms, end_ms] from measured power samples `(t_ms, watts)`: trapezoids
+    between consecutive samples (a hole is bridged linearly). None when samples at most
+    `max_gap_ms` apart cover less than `min_coverage` of the span (or it is not spanned), so
+    `night_energy` falls back to the model for that lamp."""
+    pts = sorted(samples)
+    if end_ms <= start_ms or not pts or pts[0][0] > start_ms + max_gap_ms or pts[-1][0] < end_ms - max_gap_ms:
+        return None
+    # hold the first/last reading to the span's ends (they are within max_gap_ms)
+    pts = [(min(start_ms, pts[0][0]), pts[0][1]), *pts, (max(end_ms, pts[-1][0]), pts[-1][1])]
+    total = 0.0
+    covered = 0
+    for (t0, w0), (t1, w1) in itertools.pairwise(pts):
+        if t1 <= start_ms or t0 >= end_ms or t1 == t0:
+            continue
+        a, b = max(t0, start_ms), min(t1, end_ms)
+        wa = w0 + (w1 - w0) * (a - t0) / (t1 - t0)
+        wb = w0 + (w1 - w0) * (b - t0) / (t1 - t0)
+        total += (wa + wb) / 2 * (b - a) / _H_MS
+        if t1 - t0 <= max_gap_ms:
+            covered += b - a
+    return total if covered >= min_coverage * (end_ms - start_ms) else None

@@ -161,3 +161,26 @@ def test_exact_presence_energy_agrees_with_sampling(events: list[tuple[str, int,
     sampled = night_energy(City.model_validate(city_dict(overrides=[future])), NIGHT, evs, step_s=1)
     for lamp in [x.id for x in CITY.lamps if x.street in ("s-lane", "s-path")]:
         assert exact.lamps[lamp].kwh == pytest.approx(sampled.lamps[lamp].kwh, rel=1e-3, abs=1e-6)
+
+
+def test_measured_power_samples_give_the_nights_energy_or_none_when_too_sparse() -> None:
+    from rules import measured_wh
+
+    start, end = 0, 24 * 3_600_000
+    # 60 W for 12 h then 10 W, sampled every minute
+    samples = [(t, 60.0 if t < 12 * 3_600_000 else 10.0) for t in range(0, end + 1, 60_000)]
+    assert measured_wh(samples, start, end) == pytest.approx(60 * 12 + 10 * 12, rel=1e-3)
+    # a 3-hour hole (> max gap) in 24 h still covers 87.5%: refused at 90%, accepted at 80%
+    holed = [s for s in samples if not 3 * 3_600_000 < s[0] < 6 * 3_600_000]
+    assert measured_wh(holed, start, end) is None
+    assert measured_wh(holed, start, end, min_coverage=0.8) == pytest.approx(840, rel=1e-3)  # bridged
+    assert measured_wh([], start, end) is None
+    # feeds night_energy: the measured lamp uses it
+    t0, t1 = (
+        CITY.evaluator.timeline("s-lane", NIGHT).start_ms,
+        CITY.evaluator.timeline("s-lane", NIGHT).end_ms,
+    )
+    wh = measured_wh([(t, 20.0) for t in range(t0, t1 + 1, 300_000)], t0, t1)
+    assert wh == pytest.approx(480, rel=1e-6)
+    r = night_energy(CITY, NIGHT, measured_wh={"s-lane-01": wh})
+    assert r.lamps["s-lane-01"].measured and r.lamps["s-lane-01"].kwh == pytest.approx(0.48)
