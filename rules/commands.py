@@ -20,7 +20,11 @@ def merge_groups(
     groups: Mapping[str, Sequence[str]],
     tolerance: float = 0.0,
 ) -> list[tuple[str, float]]:
-    """Minimal-ish (greedy, largest group first) list of (target, level) covering each lamp once.
+    """A shortest list of (target, level) covering each lamp of `levels` exactly once.
+
+    Greedy, largest agreeing group first: minimal when the groups are nested or disjoint (a
+    broadcast containing street groups, the usual DALI layout: a larger agreeing group always
+    replaces the smaller ones inside it); a good cover otherwise (minimum set cover is NP-hard).
 
     A group is used only if every member is in `levels` and all agree (within `tolerance`; the
     command then carries the first member's level in sorted order). Deterministic output:

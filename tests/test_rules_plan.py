@@ -176,3 +176,26 @@ def test_diff_merges_a_schedule_step_into_one_group_command() -> None:
     assert cmds == [("g-all", 70.0)]
     cmds, _ = diff_commands({**last, "l3": 40.0}, last, GROUPS)
     assert cmds == [("l3", 40.0)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(LAMPS8), st.sampled_from([0.0, 40.0]), min_size=8))
+def test_merge_is_minimal_for_nested_groups(levels: dict[str, float]) -> None:
+    # broadcast > halves > quarters (laminar): compare with the best cover found by brute force
+    import itertools
+
+    nested = {
+        "b": LAMPS8,
+        "h0": LAMPS8[:4],
+        "h1": LAMPS8[4:],
+        **{f"q{i}": LAMPS8[2 * i : 2 * i + 2] for i in range(4)},
+    }
+    got = merge_groups(levels, nested)
+    usable = [g for g, m in nested.items() if len({levels[x] for x in m}) == 1]
+    best = len(levels)
+    for r in range(1, len(usable) + 1):
+        for combo in itertools.combinations(usable, r):
+            members = [x for g in combo for x in nested[g]]
+            if len(members) == len(set(members)):
+                best = min(best, r + len(levels) - len(members))
+    assert len(got) == best
