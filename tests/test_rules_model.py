@@ -193,3 +193,14 @@ def test_model_copy_with_update_is_validated_and_evaluates_afresh() -> None:
     assert explain(copy.model_copy(update={"overrides": []}), "s-avenue-00", t).source == "schedule"
     with pytest.raises(ValidationError, match="no street 'nowhere'"):
         city.model_copy(update={"crises": [{"id": "c", "streets": ["nowhere"], "start_ms": 0}]})
+
+
+def test_models_publish_a_json_schema_for_the_openapi_document() -> None:
+    from rules import Crisis, Override
+
+    prof = Profile.model_json_schema()
+    assert prof["additionalProperties"] is False and "steps" in prof["required"]
+    step = prof["$defs"]["Step"]["properties"]
+    assert step["level"]["maximum"] == 100 and step["level"]["minimum"] == 0
+    assert {"target", "level", "start_ms", "created_ms"} <= set(Override.model_json_schema()["required"])
+    assert Crisis.model_json_schema()["properties"]["streets"]["minItems"] == 1
