@@ -21,7 +21,7 @@ from operator import xor
 from types import TracebackType
 from typing import Self
 
-from .gear import MASK, BusStats, Gear, GearBus
+from .gear import GARBLED, MASK, BusStats, Gear, GearBus
 from .sensor import OccupancySensor
 
 SYNC = 0x59
@@ -76,21 +76,25 @@ class DaliBusSim:
         physical_min: int = 1,
         level: int = 254,
         sensors: int = 0,
+        unaddressed: int = 0,
+        seed: int | None = None,
     ) -> None:
-        if not 0 <= lamps <= 64:
+        if not 0 <= lamps + unaddressed <= 64:
             raise ValueError("a DALI bus has 0..64 control gear (short addresses 0-63)")
         if not 0 <= sensors <= 64:
             raise ValueError("a DALI bus has 0..64 control devices (short addresses 0-63)")
         if timing < 0:
             raise ValueError("timing must be >= 0")
         gear = []
-        for n in range(lamps):
-            g = Gear(short_address=n, fade_time=fade_time, physical_min=physical_min)
+        for n in range(lamps + unaddressed):
+            # the unaddressed ones are new gear, as delivered: no short address yet
+            address = n if n < lamps else None
+            g = Gear(short_address=address, fade_time=fade_time, physical_min=physical_min)
             g.min_level = physical_min
             g.go_to(level, 0.0, fade=False)
             g.power_cycle_seen = True
             gear.append(g)
-        self.bus = GearBus(gear)
+        self.bus = GearBus(gear, seed)
         # occupancy sensors: control devices at short addresses 0.., instance 0 each
         self.sensors = [OccupancySensor(short_address=n) for n in range(sensors)]
         self.timing = timing
@@ -119,7 +123,7 @@ class DaliBusSim:
         self.path = os.ttyname(self._slave)
         self._t_start = self._loop.time()
         for g in self.bus.gear:
-            g.set_energy(0.0, self._t_start)  # energy counts from the simulator's start
+            g.start(self._t_start)  # energy and times count from the simulator's start
         self._loop.add_reader(self._master, self._on_readable)
         self._worker = asyncio.create_task(self._run_bus(), name="dali-sim-bus")
         return self
@@ -174,6 +178,27 @@ class DaliBusSim:
     def repair_lamp(self, n: int) -> None:
         """Replace the failed lamp of gear ``n``."""
         self.fail_lamp(n, False)
+
+    def garble(self, n: int, times: int = -1) -> None:
+        """Make gear ``n``'s next ``times`` answers (-1: all) reach the master garbled; 0 heals it."""
+        self.gear(n).garble = times
+
+    def power_cycle(self, n: int) -> None:
+        """Switch gear ``n``'s mains off and on: power-on level, power failure bit, start counter."""
+        self.gear(n).power_cycle(self._now())
+
+    def identifying(self, n: int) -> bool:
+        """Whether gear ``n`` is running its identification (blinking) after IDENTIFY DEVICE."""
+        return self.gear(n).identifying(self._now())
+
+    def add_gear(self, short_address: int | None = None, **kw: object) -> Gear:
+        """Connect one more gear (by default a new one without a short address)."""
+        if len(self.bus.gear) >= 64:
+            raise ValueError("a DALI bus has at most 64 control gear")
+        g = Gear(short_address=short_address, **kw)  # type: ignore[arg-type]
+        g.start(self._now())
+        self.bus.gear.append(g)
+        return g
 
     def fail_gear(self, n: int, failed: bool = True) -> None:
         """Set (or clear) the control gear failure of gear ``n`` (status bit 0)."""
@@ -336,12 +361,16 @@ class DaliBusSim:
                     self._event(EVENT_SENT | len(frame) * 8, [tx_id, *frame])
                 if answers and scale:
                     await self._sleep_until(self._now() + (SETTLE_BACKWARD_S + BACKWARD_S) * scale)
-                if len(answers) == 1:
+                if len(answers) == 1 and answers[0] != GARBLED:
                     self.bus.stats.backward_frames += 1
                     self._event(EVENT_RECEIVED | 8, [answers[0] & MASK])
                 elif answers:
-                    # several gear answering at once: the master sees a framing error (101 §8.3)
-                    self.bus.stats.collisions += 1
+                    # several gear answering at once, or one answer hit by noise: the master
+                    # sees a framing error (101 §8.3)
+                    if len(answers) > 1:
+                        self.bus.stats.collisions += 1
+                    else:
+                        self.bus.stats.garbled += 1
                     self._event(EVENT_RECEIVED | EVENT_FRAMING_ERROR, [])
                 self._bus_free_at = self._now()
                 self._answered = bool(answers)
