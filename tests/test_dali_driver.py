@@ -347,9 +347,10 @@ async def next_update(updates: AsyncIterator[PushedUpdate]) -> PushedUpdate:
 
 
 async def test_occupancy_events_become_presence_updates() -> None:
-    async with DaliBusSim(lamps=2, sensors=3, timing=0) as sim, DaliDriver(
-        bus(sim.path), [lamp(0), sensor(0), sensor(2)]
-    ) as d:
+    async with (
+        DaliBusSim(lamps=2, sensors=3, timing=0) as sim,
+        DaliDriver(bus(sim.path), [lamp(0), sensor(0), sensor(2)]) as d,
+    ):
         assert await d.read(sensor(2), (PRESENCE,)) == [
             PointReading("presence", None, Quality.STALE, "no event from D2.I0 yet")
         ]
@@ -488,8 +489,18 @@ async def test_real_frame_timing() -> None:
 
 async def test_sim_cli_prints_the_pty_and_serves_it() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "firmware_sim.cli", "dali", "--lamps", "64", "--timing", "0",
-        "--sensors", "2", "--occupancy-every", "0.1",
+        sys.executable,
+        "-m",
+        "firmware_sim.cli",
+        "dali",
+        "--lamps",
+        "64",
+        "--timing",
+        "0",
+        "--sensors",
+        "2",
+        "--occupancy-every",
+        "0.1",
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -509,3 +520,113 @@ async def test_sim_cli_prints_the_pty_and_serves_it() -> None:
 async def _take(updates: AsyncIterator[PushedUpdate], n: int) -> AsyncIterator[PushedUpdate]:
     for _ in range(n):
         yield await next_update(updates)
+
+
+# -- D4i diagnostics (banks 205/206), status bits as alarms, garbled answers -------------------
+
+DIAG = tuple(
+    DaliPointConfig.model_validate({"id": name, "interval_s": 3600})
+    for name in ("operating_time", "gear_starts", "lamp_on_time", "lamp_starts")
+)
+
+
+async def test_d4i_diagnostics_from_banks_205_and_206(sim: DaliBusSim, driver: DaliDriver) -> None:
+    now = asyncio.get_running_loop().time()
+    g = sim.gear(6)
+    g.set_times(now, operating_s=40_000 * 3600, lamp_on_s=12_000 * 3600)  # years on the street
+    assert all(p.value_type() is PointType.INT for p in DIAG)
+    got = values(await driver.read(lamp(6), DIAG))
+    assert got["operating_time"] == pytest.approx(40_000 * 3600, abs=2)  # seconds, whole ones
+    assert got["lamp_on_time"] == pytest.approx(12_000 * 3600, abs=2)
+    assert (got["gear_starts"], got["lamp_starts"]) == (1, 0)  # powered once, lit since before
+
+    # the lamp goes off and on twice; the mains is switched off and on once
+    for _ in range(2):
+        await driver.write(lamp(6), ALL_POINTS[0], 0)
+        await driver.write(lamp(6), ALL_POINTS[0], 50)
+    sim.power_cycle(6)
+    t0 = time.monotonic()
+    before = values(await driver.read(lamp(6), DIAG))
+    await driver.write(lamp(6), ALL_POINTS[0], 0)  # off: the lamp's on time stops counting
+    await asyncio.sleep(1.2)
+    after = values(await driver.read(lamp(6), DIAG))
+    elapsed = time.monotonic() - t0
+    assert (after["gear_starts"], after["lamp_starts"]) == (2, 2)
+    assert after["operating_time"] - before["operating_time"] in (int(elapsed), int(elapsed) + 1)
+    assert after["lamp_on_time"] - before["lamp_on_time"] <= 1
+    assert after["operating_time"] == int(sim.gear(6).operating_s(asyncio.get_running_loop().time()))
+    sim.reset_stats()
+    await driver.read(lamp(6), DIAG[:1])
+    assert sim.frames == 2 + 4  # DTR1, DTR0, 4 x READ MEMORY LOCATION: read rarely
+
+    sim.gear(7).diagnostics = False
+    (reading,) = await driver.read(lamp(7), DIAG[:1])
+    assert reading.quality is Quality.DEVICE_ERROR and "no D4i memory bank 205" in reading.error
+
+
+async def test_status_bit_points_are_alarms_by_default(tmp_path: Path) -> None:
+    p = DaliPointConfig.model_validate({"id": "gear_failure"})
+    assert p.alarm == "gear_failure"
+    assert DaliPointConfig.model_validate({"id": "pf", "source": "power_failure"}).alarm == "power_failure"
+    assert DaliPointConfig.model_validate({"id": "lamp_failure", "alarm": None}).alarm is None
+    assert DaliPointConfig.model_validate({"id": "status"}).alarm is None
+    # a gear without points gets its level and its fault bits, each an alarm
+    dev = DaliDeviceConfig.model_validate({"id": "L", "bus": "b", "address": 3})
+    assert [(p.id, p.alarm, p.writable) for p in dev.points] == [
+        ("level", None, True),
+        ("lamp_failure", "lamp_failure", False),
+        ("gear_failure", "gear_failure", False),
+        ("power_failure", "power_failure", False),
+    ]
+    assert DaliDeviceConfig.model_validate({"id": "L", "bus": "b", "address": 3, "points": []}).points == ()
+    bc = DaliDeviceConfig.model_validate(
+        {"id": "all", "bus": "b", "broadcast": True, "points": [{"id": "missing_short_address"}]}
+    )
+    assert bc.points[0].alarm == "missing_short_address"
+    with pytest.raises(ValidationError, match="a group device can only have 'level' points"):
+        DaliDeviceConfig.model_validate(
+            {"id": "g", "bus": "b", "group": 1, "points": [{"id": "missing_short_address"}]}
+        )
+
+
+MISSING = DaliPointConfig(id="missing_short_address")
+
+
+async def test_gear_without_a_short_address_on_the_bus() -> None:
+    async with DaliBusSim(lamps=4, timing=0) as sim, DaliDriver(bus(sim.path)) as driver:
+        everyone = DaliDeviceConfig(id="all", bus="dali1", broadcast=True, points=(MISSING,))
+        assert values(await driver.read(everyone, (MISSING,))) == {"missing_short_address": False}
+        new = sim.add_gear()  # a lamp replaced: the new gear comes without a short address
+        assert values(await driver.read(everyone, (MISSING,))) == {"missing_short_address": True}
+        sim.add_gear()  # two of them answer at once: a framing error, still a YES
+        assert values(await driver.read(everyone, (MISSING,))) == {"missing_short_address": True}
+        assert await driver.tool("scan", {"addresses": [10, 11]}, lambda _: None)
+        assert new.short_address in (10, 11)  # in the order of their random addresses
+        assert values(await driver.read(everyone, (MISSING,))) == {"missing_short_address": False}
+        d = DaliDriver(bus(sim.path), [everyone, lamp(2)])
+        assert "scan dali --bus dali1" in d.describe("all", MISSING)
+        assert d.describe("L-2", ALL_POINTS[2]) == "A2 QUERY STATUS bit 1 lamp failure"
+        assert d.describe("L-2", ALL_POINTS[0]) == ""
+
+
+async def test_power_cycle_sets_the_power_failure_bit(sim: DaliBusSim, driver: DaliDriver) -> None:
+    await driver.write(lamp(1), ALL_POINTS[0], 10)
+    assert values(await driver.read(lamp(1), ALL_POINTS))["power_failure"] is False
+    sim.power_cycle(1)
+    got = values(await driver.read(lamp(1), ALL_POINTS))
+    assert (got["power_failure"], got["level"]) == (True, 100.0)  # back at its power-on level
+
+
+async def test_a_garbled_answer_is_asked_again_and_never_a_value(sim: DaliBusSim, driver: DaliDriver) -> None:
+    sim.garble(3, times=1)  # noise on one answer: the repeat is good
+    assert values(await driver.read(lamp(3), ALL_POINTS[:1])) == {"level": 100.0}
+    assert (sim.stats.garbled, sim.stats.collisions) == (1, 0)
+    sim.garble(3)  # every answer garbled: a ProtocolError, not a value
+    with pytest.raises(ProtocolError, match=r"L-3 \(A3\): garbled answer to .* 2 of 2 times"):
+        await driver.read(lamp(3), ALL_POINTS)
+    with pytest.raises(ProtocolError, match="garbled answer reading memory"):
+        await driver.read(lamp(3), (ENERGY,))
+    with pytest.raises(ProtocolError, match="garbled answer to QueryStatus"):
+        await driver.tool("query", {"address": 3}, lambda _: None)
+    sim.garble(3, times=0)
+    assert values(await driver.read(lamp(3), ALL_POINTS[:1])) == {"level": 100.0}
