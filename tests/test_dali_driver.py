@@ -630,3 +630,24 @@ async def test_a_garbled_answer_is_asked_again_and_never_a_value(sim: DaliBusSim
         await driver.tool("query", {"address": 3}, lambda _: None)
     sim.garble(3, times=0)
     assert values(await driver.read(lamp(3), ALL_POINTS[:1])) == {"level": 100.0}
+
+
+async def test_a_cancel_lost_inside_python_dali_still_stops_the_driver(
+    sim: DaliBusSim, driver: DaliDriver
+) -> None:
+    # python-dali's wait_for can swallow a cancel that arrives with the frame (Python 3.11):
+    # the next exchange must still end the task, or a stopping poller would poll on.
+    async def poll_after_a_lost_cancel() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass  # what wait_for does when the awaited frame is there at the same moment
+        await driver.read(lamp(1), ALL_POINTS[:1])
+        raise AssertionError("the driver went on after the task was cancelled")
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(poll_after_a_lost_cancel())
+    assert values(await driver.read(lamp(1), ALL_POINTS[:1])) == {"level": 100.0}  # still usable

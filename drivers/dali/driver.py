@@ -197,8 +197,11 @@ class DaliDriver:
             master = await self._ready()
             if isinstance(cmd, Command):
                 self._count(cmd)
-                return await master.send(cmd, priority=priority)
-            return await master.send(self._counted(cmd), priority=priority, progress=progress)
+                result = await master.send(cmd, priority=priority)
+            else:
+                result = await master.send(self._counted(cmd), priority=priority, progress=progress)
+            _raise_if_cancelled()
+            return result
         except TransmissionError as err:
             raise self._fail(dev, DeviceUnavailable(f"{where}: the master refused {cmd}: {err}")) from err
         except MemoryLocationNotImplemented as err:
@@ -521,6 +524,19 @@ class DaliDriver:
         )
         async with self._lock:
             return await self._query(dev, cmd(address.GearShort(short_address)))
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation python-dali swallowed.
+
+    python-dali waits for the master's confirmations and answers with ``asyncio.wait_for``; on
+    Python 3.11 a cancel that arrives just as the awaited frame does is lost (wait_for returns
+    the result, gh-86296). Without this check a poller told to stop (SIGTERM) would go on
+    polling; the task's ``cancelling()`` count still says it was asked to stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _MemoryNotImplemented(PointError):
