@@ -54,6 +54,9 @@ SETTLE_FORWARD_S = {1: 0.0135, 2: 0.0149, 3: 0.0163, 4: 0.0179, 5: 0.0195}
 SETTLE_AFTER_BACKWARD_S = 0.0024
 
 
+_SPIN_S = 0.002  # the last part of a wait on the bus's timing is spent yielding, not sleeping
+
+
 def luba_message(command: int, payload: bytes | list[int]) -> bytes:
     """One LUBA message with its sync byte, length and XOR checksum."""
     body = bytes([command, len(payload), *payload])
@@ -332,9 +335,17 @@ class DaliBusSim:
         self._send(luba_message(RSP_TX, [self._tx_id, TX_BUFFER - self._txq.qsize()]))
 
     async def _sleep_until(self, t: float) -> None:
+        """Wait until loop time ``t``, to within a fraction of a millisecond.
+
+        A plain asyncio.sleep wakes up to ~2 ms late (epoll's millisecond timeout, rounded up),
+        which would make the simulated bus slower than a real one: sleep short, then yield
+        until the time has come.
+        """
         delay = t - self._now()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if delay > _SPIN_S:
+            await asyncio.sleep(delay - _SPIN_S)
+        while self._now() < t:  # noqa: ASYNC110 (a deliberate spin: no event marks a time)
+            await asyncio.sleep(0)
 
     def _event(self, status: int, data: list[int] | bytes) -> None:
         # settings byte 1 (event filter): bit 7 all off, bit 6 "sent" off, bit 5 "received" off
@@ -350,17 +361,20 @@ class DaliBusSim:
             frame, twice, priority, tx_id = await self._txq.get()
             duration = (FORWARD_16_S if len(frame) == 2 else FORWARD_24_S) * scale
             for _ in range(2 if twice else 1):
+                end = self._now()
                 if scale:
                     settle = SETTLE_AFTER_BACKWARD_S if self._answered else SETTLE_FORWARD_S[min(priority, 5)]
                     start = max(self._now(), self._bus_free_at + settle * scale)
-                    await self._sleep_until(start + duration)
+                    end = start + duration
+                    await self._sleep_until(end)
                 answers = self.bus.forward(frame, self._now())
                 if tx_id is None:  # an input device's event: the master hears it on the bus
                     self._event(EVENT_RECEIVED | len(frame) * 8, frame)
                 else:
                     self._event(EVENT_SENT | len(frame) * 8, [tx_id, *frame])
                 if answers and scale:
-                    await self._sleep_until(self._now() + (SETTLE_BACKWARD_S + BACKWARD_S) * scale)
+                    end += (SETTLE_BACKWARD_S + BACKWARD_S) * scale
+                    await self._sleep_until(end)
                 if len(answers) == 1 and answers[0] != GARBLED:
                     self.bus.stats.backward_frames += 1
                     self._event(EVENT_RECEIVED | 8, [answers[0] & MASK])
@@ -372,5 +386,6 @@ class DaliBusSim:
                     else:
                         self.bus.stats.garbled += 1
                     self._event(EVENT_RECEIVED | EVENT_FRAMING_ERROR, [])
-                self._bus_free_at = self._now()
+                # the bus's own timeline: a late wake-up above does not stretch the frames
+                self._bus_free_at = end
                 self._answered = bool(answers)
