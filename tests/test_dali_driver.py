@@ -494,7 +494,9 @@ async def test_sim_cli_prints_the_pty_and_serves_it() -> None:
         "firmware_sim.cli",
         "dali",
         "--lamps",
-        "64",
+        "63",
+        "--unaddressed",
+        "1",
         "--timing",
         "0",
         "--sensors",
@@ -506,9 +508,11 @@ async def test_sim_cli_prints_the_pty_and_serves_it() -> None:
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
-        assert line.startswith("dali-sim ready /dev/pts/") and "lamps=64 sensors=2" in line
+        assert line.startswith("dali-sim ready /dev/pts/") and "lamps=63 sensors=2 unaddressed=1" in line
         async with DaliDriver(bus(line.split()[2]), [sensor(0), sensor(1)]) as d:
-            assert values(await d.read(lamp(63), ALL_POINTS[:1])) == {"level": 100.0}
+            assert values(await d.read(lamp(62), ALL_POINTS[:1])) == {"level": 100.0}
+            everyone = DaliDeviceConfig(id="all", bus="dali1", broadcast=True, points=(MISSING,))
+            assert values(await d.read(everyone, (MISSING,))) == {"missing_short_address": True}
             # the sensors take turns: S-0 occupied, S-1 occupied, S-0 vacant, ...
             seen = [(u.device, u.reading.value) async for u in _take(d.updates(), 3)]
             assert len(seen) == 3 and {dev for dev, _ in seen} == {"S-0", "S-1"}, seen
