@@ -124,7 +124,7 @@ def test_point_types_and_defaults() -> None:
         ({"id": "d", "bus": "b", "address": 1, "groups": [16]}, "less than or equal to 15"),
         (
             {"id": "d", "bus": "b", "group": 1, "points": [{"id": "status"}]},
-            "a group device can only have 'level' points",
+            "a group device can only have 'level' or 'scene' points",
         ),
         ({"id": "d", "bus": "b", "address": 1, "points": [{"id": "colour"}]}, "'colour' is not a DALI point"),
         (
@@ -189,10 +189,10 @@ def test_edge_config_with_a_dali_bus(tmp_path: Path) -> None:
     assert issues == [
         "edge.yaml:9: devices[0].address: Input should be less than or equal to 63",
         "edge.yaml:12: devices[0].points[1].writable: source lamp_failure is read-only: "
-        "only 'level' is writable",
+        "only 'level' and 'scene' are writable",
         "edge.yaml:14: devices[2].points[0].id: 'colour' is not a DALI point: use one of level, "
         "actual_level, lamp_failure, gear_failure, power_failure, missing_short_address, status, energy, "
-        "power, operating_time, gear_starts, lamp_on_time, lamp_starts, presence as the id, "
+        "power, operating_time, gear_starts, lamp_on_time, lamp_starts, scene, presence as the id, "
         "or set 'source' to one of them",
     ]
 
@@ -587,7 +587,7 @@ async def test_status_bit_points_are_alarms_by_default(tmp_path: Path) -> None:
         {"id": "all", "bus": "b", "broadcast": True, "points": [{"id": "missing_short_address"}]}
     )
     assert bc.points[0].alarm == "missing_short_address"
-    with pytest.raises(ValidationError, match="a group device can only have 'level' points"):
+    with pytest.raises(ValidationError, match="a group device can only have 'level' or 'scene' points"):
         DaliDeviceConfig.model_validate(
             {"id": "g", "bus": "b", "group": 1, "points": [{"id": "missing_short_address"}]}
         )
@@ -655,3 +655,32 @@ async def test_a_cancel_lost_inside_python_dali_still_stops_the_driver(
     with pytest.raises(asyncio.CancelledError):
         await asyncio.create_task(poll_after_a_lost_cancel())
     assert values(await driver.read(lamp(1), ALL_POINTS[:1])) == {"level": 100.0}  # still usable
+
+
+SCENE = DaliPointConfig(id="scene", writable=True)
+
+
+async def test_scene_point_recalls_stored_levels_with_one_frame(sim: DaliBusSim, driver: DaliDriver) -> None:
+    assert (SCENE.value_type(), SCENE.min, SCENE.max) == (PointType.INT, 0, 15)
+    with pytest.raises(ValidationError, match=r"a scene is 0\.\.15, max 16\.0 is outside"):
+        DaliPointConfig.model_validate({"id": "scene", "max": 16})
+    for n, level in ((1, 170), (2, 220)):  # scene 3 stored in two gear of group 4 (commissioning)
+        await driver.tool("scene", {"address": n, "store": 3, "level": arc_to_percent(level)}, lambda _: None)
+        sim.add_to_group(n, 4)
+    sim.add_to_group(5, 4)  # a member without scene 3: it stays where it is
+    street = DaliDeviceConfig(id="street", bus="dali1", group=4, points=(ALL_POINTS[0], SCENE))
+    assert await driver.read(street, (SCENE,)) == [
+        PointReading("scene", None, Quality.STALE, "no scene commanded to G4 yet")
+    ]
+    await driver.write(street, ALL_POINTS[0], 50)
+    sim.reset_stats()
+    assert await driver.write(street, SCENE, 3) == 3
+    assert sim.frames == 1  # GO TO SCENE 3 to group 4
+    assert [sim.level(n) for n in (1, 2, 5)] == [170, 220, percent_to_arc(50)]
+    got = {r.point: r for r in await driver.read(street, (ALL_POINTS[0], SCENE))}
+    assert got["scene"].value == 3
+    assert got["level"].quality is Quality.STALE  # the group's level is the scenes' now
+    assert values(await driver.read(lamp(1), ALL_POINTS[:1])) == {"level": arc_to_percent(170)}
+    for bad in (16, 2.5, True):
+        with pytest.raises(PointError, match="is not a scene number 0-15"):
+            await driver.write(street, SCENE, bad)

@@ -28,6 +28,7 @@ Source = Literal[
     "gear_starts",
     "lamp_on_time",
     "lamp_starts",
+    "scene",
     "presence",
 ]
 SOURCES: tuple[str, ...] = Source.__args__  # type: ignore[attr-defined]
@@ -37,11 +38,12 @@ ALARM_SOURCES = frozenset({"lamp_failure", "gear_failure", "power_failure", "mis
 _BOOL_SOURCES = ALARM_SOURCES | {"presence"}
 _PERCENT_SOURCES = frozenset({"level", "actual_level"})
 # D4i diagnostics (DiiA Part 253, banks 205/206): counters and times in seconds
-_INT_SOURCES = frozenset({"status", "operating_time", "gear_starts", "lamp_on_time", "lamp_starts"})
+_INT_SOURCES = frozenset({"status", "operating_time", "gear_starts", "lamp_on_time", "lamp_starts", "scene"})
+_WRITABLE_SOURCES = frozenset({"level", "scene"})
 # Sources a group or broadcast device may have: one frame to every member; a broadcast device
 # also asks whether any gear without a short address is on the bus (a replaced lamp).
-_GROUP_SOURCES = frozenset({"level"})
-_BROADCAST_SOURCES = frozenset({"level", "missing_short_address"})
+_GROUP_SOURCES = frozenset({"level", "scene"})
+_BROADCAST_SOURCES = frozenset({"level", "scene", "missing_short_address"})
 # The points of a gear configured without any (``address`` and no ``points``): its level and
 # its fault bits, each fault an alarm.
 DEFAULT_GEAR_POINTS: tuple[dict[str, Any], ...] = (
@@ -50,6 +52,12 @@ DEFAULT_GEAR_POINTS: tuple[dict[str, Any], ...] = (
     {"id": "gear_failure", "interval_s": 60},
     {"id": "power_failure", "interval_s": 60},
 )
+
+
+def _either(names: list[str]) -> str:
+    """``'a', 'b' or 'c'``."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 class DaliBusConfig(BusConfigBase):
@@ -88,12 +96,21 @@ class DaliPointConfig(PointConfigBase):
             data = {**data, "source": pid}
         if isinstance(data, dict) and data.get("source") in ALARM_SOURCES and "alarm" not in data:
             data = {**data, "alarm": data["source"]}
+        if isinstance(data, dict) and data.get("source") == "scene":
+            # GO TO SCENE 0-15: the edge rejects other numbers before anything is sent
+            data = {"min": 0, "max": 15, **data}
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.writable and self.source != "level":
-            raise FieldError(("writable",), f"source {self.source} is read-only: only 'level' is writable")
+        if self.writable and self.source not in _WRITABLE_SOURCES:
+            raise FieldError(
+                ("writable",), f"source {self.source} is read-only: only 'level' and 'scene' are writable"
+            )
+        if self.source == "scene":
+            for key, bound in (("min", self.min), ("max", self.max)):
+                if bound is not None and not 0 <= bound <= 15:
+                    raise FieldError((key,), f"a scene is 0..15, {key} {bound} is outside")
         if self.source in _PERCENT_SOURCES:
             for key, bound in (("min", self.min), ("max", self.max)):
                 if bound is not None and not 0 <= bound <= 100:
@@ -165,8 +182,7 @@ class DaliDeviceConfig(DeviceConfigBase):
                 if p.source not in allowed:
                     raise FieldError(
                         ("points", i, "source"),
-                        f"a {given[0]} device can only have "
-                        f"{' or '.join(repr(s) for s in sorted(allowed))} points: "
+                        f"a {given[0]} device can only have {_either(sorted(allowed))} points: "
                         f"{p.source} needs one gear's answer (use 'address')",
                     )
         return self

@@ -94,6 +94,7 @@ class DaliDriver:
         self._failing: set[str] = set()  # devices whose last exchange failed
         self._targets: dict[str, int] = {}  # device id -> arc level it is fading to
         self._group_levels: dict[str, float] = {}  # group/broadcast device id -> last commanded %
+        self._scenes: dict[str, int] = {}  # device id -> last scene commanded to it
         self.frames_sent = 0  # forward frames handed to the master
         self._budget = BusBudget()
         self._sensors = SensorIndex(self.devices)
@@ -320,6 +321,8 @@ class DaliDriver:
             return [
                 PointReading(p.id, unaddressed)
                 if p.source == "missing_short_address"
+                else self._scene_reading(dev, p)
+                if p.source == "scene"
                 else self._group_reading(dev, p)
                 for p in pts
             ]
@@ -333,7 +336,7 @@ class DaliDriver:
             if sources & {"level", "actual_level"}:
                 actual = await self._query(dev, gg.QueryActualLevel(addr))
             target = self._targets.get(dev.id)
-            if sources - _LEVEL_SOURCES - _D4I.keys() or (
+            if sources - _LEVEL_SOURCES - _D4I.keys() - {"scene"} or (
                 "level" in sources and target is not None and target != actual
             ):
                 status = await self._query(dev, gg.QueryStatus(addr))
@@ -387,6 +390,8 @@ class DaliDriver:
                 return got._replace(point=p.id)
             assert isinstance(got.value, int | float)
             return _ranged(p, got.value)
+        if p.source == "scene":
+            return self._scene_reading(dev, p)
         if p.source == "status":
             assert status is not None
             return PointReading(p.id, status)
@@ -419,8 +424,17 @@ class DaliDriver:
     def _group_reading(self, dev: DaliDeviceConfig, p: DaliPointConfig) -> PointReading:
         level = self._group_levels.get(dev.id)
         if level is None:
-            return PointReading(p.id, None, Quality.STALE, f"no level commanded to {dev.target()} yet")
+            return PointReading(
+                p.id, None, Quality.STALE, f"no level commanded to {dev.target()} since the start or a scene"
+            )
         return PointReading(p.id, level)
+
+    def _scene_reading(self, dev: DaliDeviceConfig, p: DaliPointConfig) -> PointReading:
+        """The last scene commanded to the device (DALI has no query for it)."""
+        n = self._scenes.get(dev.id)
+        if n is None:
+            return PointReading(p.id, None, Quality.STALE, f"no scene commanded to {dev.target()} yet")
+        return PointReading(p.id, n)
 
     # -- write -----------------------------------------------------------------------------
 
@@ -429,6 +443,8 @@ class DaliDriver:
         dev = _device(device)
         (p,) = _points((point,))
         where = f"{dev.id}.{p.id}"
+        if p.writable and p.source == "scene":
+            return await self._go_to_scene(dev, where, value)
         if not p.writable or p.source != "level":
             raise PointError(f"{where} is read-only")
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
@@ -462,6 +478,31 @@ class DaliDriver:
         if final == MASK or status & LAMP_FAILURE:
             raise PointError(f"{where}: written, but the gear reports a lamp failure")
         return arc_to_percent(final, dev.curve)
+
+    async def _go_to_scene(self, dev: DaliDeviceConfig, where: str, value: Value) -> int:
+        """GO TO SCENE n: one frame to the gear, group or bus; each gear fades to its stored level."""
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or value != int(value)
+            or not 0 <= value <= 15
+        ):
+            raise PointError(f"{where}: {value!r} is not a scene number 0-15")
+        n = int(value)
+        addr: address.GearAddress
+        if dev.address is not None:
+            addr = address.GearShort(dev.address)
+        elif dev.group is not None:
+            addr = address.GearGroup(dev.group)
+        else:
+            addr = address.GearBroadcast()
+        async with self._lock:
+            await self._send(dev, gg.GoToScene(addr, n), PRIORITY_COMMAND)
+        # the levels are now the gear's stored scene levels: read them afresh
+        self._targets.clear()
+        self._group_levels.clear()
+        self._scenes[dev.id] = n
+        return n
 
     async def set_level(
         self, percent: float, *, group: int | None = None, curve: Curve = "logarithmic"
