@@ -202,6 +202,8 @@ class Edge:
         if not callable(getattr(poller.driver, "tool", None)):
             raise ValueError(f"bus {bus_id} ({poller.bus.driver}) is not running or has no technician tools")
         action, args = str(req.get("action")), req.get("args") or {}
+        if not isinstance(args, dict):
+            raise ValueError(f"args must be a JSON object, got {type(args).__name__}")
 
         async def run(driver: BusDriver) -> Any:
             return await driver.tool(action, args, progress)  # type: ignore[attr-defined]

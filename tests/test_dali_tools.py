@@ -316,6 +316,10 @@ async def test_cli_goes_through_the_running_daemon(sim: DaliBusSim, tmp_path: Pa
         assert "method IDENTIFY DEVICE" in out and sim.identifying(5)
         rc, _, err = await cli("dali", "identify", "5", "--socket", str(sock), "--bus", "nope")
         assert rc == 2 and "unknown bus 'nope' (buses: dali1)" in err
+        with pytest.raises(ValueError, match="args must be a JSON object, got list"):
+            await edge.op_bus_tool({"bus": "dali1", "action": "query", "args": [1]}, lambda _: None)
+        with pytest.raises(ValueError, match="PointError: unknown dali tool 'blink'"):
+            await edge.op_bus_tool({"bus": "dali1", "action": "blink"}, lambda _: None)
         before = poller.reads_total
         for _ in range(200):  # the daemon polls on after the tools
             if poller.reads_total > before + 2:
