@@ -124,7 +124,7 @@ def test_point_types_and_defaults() -> None:
         ({"id": "d", "bus": "b", "address": 1, "groups": [16]}, "less than or equal to 15"),
         (
             {"id": "d", "bus": "b", "group": 1, "points": [{"id": "status"}]},
-            "a group device can only have 'level' or 'scene' points",
+            "a group device can only have 'colour_temperature', 'level' or 'scene' points",
         ),
         ({"id": "d", "bus": "b", "address": 1, "points": [{"id": "colour"}]}, "'colour' is not a DALI point"),
         (
@@ -189,10 +189,10 @@ def test_edge_config_with_a_dali_bus(tmp_path: Path) -> None:
     assert issues == [
         "edge.yaml:9: devices[0].address: Input should be less than or equal to 63",
         "edge.yaml:12: devices[0].points[1].writable: source lamp_failure is read-only: "
-        "only 'level' and 'scene' are writable",
+        "only level, scene and colour_temperature are writable",
         "edge.yaml:14: devices[2].points[0].id: 'colour' is not a DALI point: use one of level, "
         "actual_level, lamp_failure, gear_failure, power_failure, missing_short_address, status, energy, "
-        "power, operating_time, gear_starts, lamp_on_time, lamp_starts, scene, presence as the id, "
+        "power, operating_time, gear_starts, lamp_on_time, lamp_starts, scene, colour_temperature, presence as the id, "
         "or set 'source' to one of them",
     ]
 
@@ -587,7 +587,9 @@ async def test_status_bit_points_are_alarms_by_default(tmp_path: Path) -> None:
         {"id": "all", "bus": "b", "broadcast": True, "points": [{"id": "missing_short_address"}]}
     )
     assert bc.points[0].alarm == "missing_short_address"
-    with pytest.raises(ValidationError, match="a group device can only have 'level' or 'scene' points"):
+    with pytest.raises(
+        ValidationError, match="a group device can only have 'colour_temperature', 'level' or 'scene' points"
+    ):
         DaliDeviceConfig.model_validate(
             {"id": "g", "bus": "b", "group": 1, "points": [{"id": "missing_short_address"}]}
         )
@@ -684,3 +686,34 @@ async def test_scene_point_recalls_stored_levels_with_one_frame(sim: DaliBusSim,
     for bad in (16, 2.5, True):
         with pytest.raises(PointError, match="is not a scene number 0-15"):
             await driver.write(street, SCENE, bad)
+
+
+TC = DaliPointConfig(id="colour_temperature", unit="K", writable=True)
+
+
+async def test_dt8_colour_temperature(sim: DaliBusSim, driver: DaliDriver) -> None:
+    assert TC.value_type() is PointType.INT
+    for n in (1, 2):
+        sim.gear(n).colour_tc = True  # DT8 gear with colour temperature (IEC 62386-209)
+    assert values(await driver.read(lamp(1), (TC,))) == {"colour_temperature": 4000}
+    assert await driver.write(lamp(1), TC, 3000) == 3003  # 333 mirek
+    assert sim.gear(1).tc_mirek == 333
+    assert await driver.write(lamp(1), TC, 10000) == 6536  # clamped to the gear's coolest
+    # a group: one set of frames, every DT8 member follows; a plain LED gear ignores it
+    for n in (1, 2, 3):
+        sim.add_to_group(n, 6)
+    street = DaliDeviceConfig(id="street", bus="dali1", group=6, points=(TC,))
+    assert await driver.read(street, (TC,)) == [
+        PointReading("colour_temperature", None, Quality.STALE, "no colour temperature commanded to G6 yet")
+    ]
+    assert await driver.write(street, TC, 2700) == 2703
+    assert [sim.gear(n).tc_mirek for n in (1, 2)] == [370, 370]
+    assert values(await driver.read(street, (TC,))) == {"colour_temperature": 2703}
+    (plain,) = await driver.read(lamp(3), (TC,))
+    assert plain.quality is Quality.DEVICE_ERROR and "no DT8 colour temperature" in plain.error
+    with pytest.raises(PointError, match="reports no DT8 colour temperature"):
+        await driver.write(lamp(3), TC, 3000)
+    with pytest.raises(PointError, match="not a colour temperature in kelvin"):
+        await driver.write(lamp(1), TC, 500)
+    info = await driver.tool("query", {"address": 2}, lambda _: None)
+    assert info["device_types"] == [8]

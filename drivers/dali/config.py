@@ -29,6 +29,7 @@ Source = Literal[
     "lamp_on_time",
     "lamp_starts",
     "scene",
+    "colour_temperature",
     "presence",
 ]
 SOURCES: tuple[str, ...] = Source.__args__  # type: ignore[attr-defined]
@@ -38,12 +39,14 @@ ALARM_SOURCES = frozenset({"lamp_failure", "gear_failure", "power_failure", "mis
 _BOOL_SOURCES = ALARM_SOURCES | {"presence"}
 _PERCENT_SOURCES = frozenset({"level", "actual_level"})
 # D4i diagnostics (DiiA Part 253, banks 205/206): counters and times in seconds
-_INT_SOURCES = frozenset({"status", "operating_time", "gear_starts", "lamp_on_time", "lamp_starts", "scene"})
-_WRITABLE_SOURCES = frozenset({"level", "scene"})
+_INT_SOURCES = frozenset(
+    {"status", "operating_time", "gear_starts", "lamp_on_time", "lamp_starts", "scene", "colour_temperature"}
+)
+_WRITABLE_SOURCES = frozenset({"level", "scene", "colour_temperature"})
 # Sources a group or broadcast device may have: one frame to every member; a broadcast device
 # also asks whether any gear without a short address is on the bus (a replaced lamp).
-_GROUP_SOURCES = frozenset({"level", "scene"})
-_BROADCAST_SOURCES = frozenset({"level", "scene", "missing_short_address"})
+_GROUP_SOURCES = frozenset({"level", "scene", "colour_temperature"})
+_BROADCAST_SOURCES = frozenset({"level", "scene", "colour_temperature", "missing_short_address"})
 # The points of a gear configured without any (``address`` and no ``points``): its level and
 # its fault bits, each fault an alarm.
 DEFAULT_GEAR_POINTS: tuple[dict[str, Any], ...] = (
@@ -105,7 +108,8 @@ class DaliPointConfig(PointConfigBase):
     def _consistent(self) -> Self:
         if self.writable and self.source not in _WRITABLE_SOURCES:
             raise FieldError(
-                ("writable",), f"source {self.source} is read-only: only 'level' and 'scene' are writable"
+                ("writable",),
+                f"source {self.source} is read-only: only level, scene and colour_temperature are writable",
             )
         if self.source == "scene":
             for key, bound in (("min", self.min), ("max", self.max)):

@@ -22,6 +22,8 @@ from dali.exceptions import (
     TransmissionError,
 )
 from dali.gear import general as gg
+from dali.gear import sequences as gear_sequences
+from dali.gear.colour import QueryColourValueDTR
 from dali.memory import diagnostics, energy
 from dali.memory.location import FlagValue
 from serialx import SerialException
@@ -95,6 +97,7 @@ class DaliDriver:
         self._targets: dict[str, int] = {}  # device id -> arc level it is fading to
         self._group_levels: dict[str, float] = {}  # group/broadcast device id -> last commanded %
         self._scenes: dict[str, int] = {}  # device id -> last scene commanded to it
+        self._group_tc: dict[str, int] = {}  # group/broadcast device id -> last colour temperature (K)
         self.frames_sent = 0  # forward frames handed to the master
         self._budget = BusBudget()
         self._sensors = SensorIndex(self.devices)
@@ -323,6 +326,8 @@ class DaliDriver:
                 if p.source == "missing_short_address"
                 else self._scene_reading(dev, p)
                 if p.source == "scene"
+                else self._group_tc_reading(dev, p)
+                if p.source == "colour_temperature"
                 else self._group_reading(dev, p)
                 for p in pts
             ]
@@ -333,10 +338,22 @@ class DaliDriver:
             actual = status = None
             for source in sorted(sources & _D4I.keys()):
                 d4i[source] = await self._read_d4i(dev, source)
+            if "colour_temperature" in sources:
+                tc = await self._colour_temperature(dev, PRIORITY_POLL)
+                d4i["colour_temperature"] = (
+                    PointReading("colour_temperature", tc)
+                    if tc is not None
+                    else PointReading(
+                        "colour_temperature",
+                        None,
+                        Quality.DEVICE_ERROR,
+                        "no DT8 colour temperature (not DT8 Tc?)",
+                    )
+                )
             if sources & {"level", "actual_level"}:
                 actual = await self._query(dev, gg.QueryActualLevel(addr))
             target = self._targets.get(dev.id)
-            if sources - _LEVEL_SOURCES - _D4I.keys() - {"scene"} or (
+            if sources - _LEVEL_SOURCES - _D4I.keys() - {"scene", "colour_temperature"} or (
                 "level" in sources and target is not None and target != actual
             ):
                 status = await self._query(dev, gg.QueryStatus(addr))
@@ -384,7 +401,7 @@ class DaliDriver:
         target: int | None,
         d4i: dict[str, PointReading],
     ) -> PointReading:
-        if p.source in _D4I:
+        if p.source in _D4I or p.source == "colour_temperature":
             got = d4i[p.source]
             if got.value is None:
                 return got._replace(point=p.id)
@@ -429,6 +446,14 @@ class DaliDriver:
             )
         return PointReading(p.id, level)
 
+    def _group_tc_reading(self, dev: DaliDeviceConfig, p: DaliPointConfig) -> PointReading:
+        tc = self._group_tc.get(dev.id)
+        if tc is None:
+            return PointReading(
+                p.id, None, Quality.STALE, f"no colour temperature commanded to {dev.target()} yet"
+            )
+        return PointReading(p.id, tc)
+
     def _scene_reading(self, dev: DaliDeviceConfig, p: DaliPointConfig) -> PointReading:
         """The last scene commanded to the device (DALI has no query for it)."""
         n = self._scenes.get(dev.id)
@@ -445,6 +470,8 @@ class DaliDriver:
         where = f"{dev.id}.{p.id}"
         if p.writable and p.source == "scene":
             return await self._go_to_scene(dev, where, value)
+        if p.writable and p.source == "colour_temperature":
+            return await self._set_colour_temperature(dev, where, value)
         if not p.writable or p.source != "level":
             raise PointError(f"{where} is read-only")
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
@@ -503,6 +530,41 @@ class DaliDriver:
         self._group_levels.clear()
         self._scenes[dev.id] = n
         return n
+
+    async def _set_colour_temperature(self, dev: DaliDeviceConfig, where: str, value: Value) -> int:
+        """DT8 colour temperature in kelvin (IEC 62386-209): DTR0/DTR1 = mirek, SET TEMPORARY
+        COLOUR TEMPERATURE, ACTIVATE (python-dali sends ENABLE DEVICE TYPE 8 before each);
+        read back from one gear, remembered for a group or the bus."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 1000 <= value <= 20000:
+            raise PointError(f"{where}: {value!r} is not a colour temperature in kelvin (1000-20000)")
+        mirek = round(1_000_000 / value)
+        addr: address.GearAddress
+        if dev.address is not None:
+            addr = address.GearShort(dev.address)
+        elif dev.group is not None:
+            addr = address.GearGroup(dev.group)
+        else:
+            addr = address.GearBroadcast()
+        async with self._lock:
+            await self._send(dev, gear_sequences.SetDT8ColourValueTc(addr, mirek), PRIORITY_COMMAND)
+            if dev.address is None:
+                self._group_tc[dev.id] = round(1_000_000 / mirek)
+                return self._group_tc[dev.id]
+            back = await self._colour_temperature(dev, PRIORITY_COMMAND)
+        if back is None:
+            raise PointError(
+                f"{where}: written, but the gear reports no DT8 colour temperature (not DT8 Tc?)"
+            )
+        return back
+
+    async def _colour_temperature(self, dev: DaliDeviceConfig, priority: int) -> int | None:
+        """One gear's colour temperature in kelvin; None when it has none (not DT8)."""
+        assert dev.address is not None
+        seq = gear_sequences.QueryDT8ColourValue(
+            address.GearShort(dev.address), QueryColourValueDTR.ColourTemperatureTC
+        )
+        mirek = await self._send(dev, seq, priority)
+        return round(1_000_000 / mirek) if mirek else None
 
     async def set_level(
         self, percent: float, *, group: int | None = None, curve: Curve = "logarithmic"

@@ -55,6 +55,12 @@ _SPECIAL_TWICE = frozenset({INITIALISE, RANDOMISE})
 VERSION_DALI2 = 8  # version 2.0 encoded as 0b000010_00 (IEC 62386-102 §11.3.7)
 VERSION_DALI1 = 1
 DEVICE_TYPE_LED = 6  # IEC 62386-207
+DEVICE_TYPE_COLOUR = 8  # IEC 62386-209 (DT8); here only colour temperature Tc
+# DT8 application extended commands (IEC 62386-209 Table 10), after ENABLE DEVICE TYPE 8
+DT8_ACTIVATE, DT8_SET_TEMPORARY_TC = 0xE2, 0xE7
+DT8_QUERY_COLOUR_STATUS, DT8_QUERY_TYPE_FEATURES, DT8_QUERY_COLOUR_VALUE = 0xF8, 0xF9, 0xFA
+DT8_COLOUR_VALUE_TC = 2  # QUERY COLOUR VALUE selector (209 Table 11): colour temperature
+DT8_COLOUR_VALUE_COOLEST, DT8_COLOUR_VALUE_WARMEST = 128, 130
 BANK_ENERGY = memory.BANK_ENERGY
 _FADE_STEP_S = 0.01  # integration step of the energy over a running fade
 
@@ -100,6 +106,12 @@ class Gear:
     initialised_until: float = -1.0
     withdrawn: bool = False
     identify_until: float = -1.0
+    # DT8 colour temperature (IEC 62386-209): mirek = 1e6 / kelvin
+    colour_tc: bool = False
+    tc_mirek: int = 250  # 4000 K
+    tc_coolest: int = 153  # 6536 K
+    tc_warmest: int = 370  # 2703 K
+    temporary_tc: int | None = None
     # D4i (memory bank 202): power follows light output (an LED driver, standby power ignored)
     d4i: bool = True
     rated_w: float = 60.0
@@ -278,6 +290,7 @@ class BusStats:
 _KEPT_BY_RESET = (
     "short_address", "lamp_failure", "gear_failure", "connected", "physical_min", "version",
     "garble", "random_address", "search_address", "initialised_until", "withdrawn",
+    "colour_tc", "tc_mirek", "tc_coolest", "tc_warmest",
     "d4i", "rated_w", "energy_scale", "power_scale", "diagnostics", "gear_starts", "lamp_starts",
     "_operating_s", "_lamp_on_s", "_energy_wh", "_energy_t",
 )  # fmt: skip
@@ -294,6 +307,7 @@ class GearBus:
         self.stats = BusStats()
         self._last_config: tuple[bytes, float] | None = None
         self._rng = random.Random(seed)
+        self._enabled_dt = 0  # ENABLE DEVICE TYPE: applies to the next frame only
 
     def _addressed(self, addr: int) -> list[Gear]:
         """Gear selected by the address byte (IEC 62386-102 §7.2.2, Table 1)."""
@@ -337,6 +351,7 @@ class GearBus:
         if self._first_of_two(frame, now):
             return []
         addr, data = frame
+        device_type, self._enabled_dt = self._enabled_dt, 0
         if addr & 0x01 == 0:  # selector bit 0: DAPC (IEC 62386-102 §11.2.1)
             self._count("DAPC")
             for g in self._addressed(addr):
@@ -351,7 +366,10 @@ class GearBus:
         self._count(f"0x{data:02X}")
         answers = []
         for g in self._addressed(addr):
-            answer = self._apply(g, data, now)
+            if data >= 0xE0:  # application extended commands: only for the enabled device type
+                answer = self._colour(g, data) if device_type == DEVICE_TYPE_COLOUR and g.colour_tc else None
+            else:
+                answer = self._apply(g, data, now)
             if answer is not None:
                 answers.append(self._garbled(g, answer))
         return answers
@@ -414,8 +432,32 @@ class GearBus:
                 for g in selected
                 if g.random_address == g.search_address and not g.withdrawn
             ]
-        # ENABLE DEVICE TYPE (DT8 colour etc.) and the memory writes are not simulated
+        elif addr == ENABLE_DEVICE_TYPE:
+            self._enabled_dt = data
+        # the memory writes are not simulated
         return answers
+
+    def _colour(self, g: Gear, op: int) -> int | None:
+        """A DT8 command on colour-temperature gear (IEC 62386-209 §11); others are ignored."""
+        if op == DT8_SET_TEMPORARY_TC:
+            g.temporary_tc = g.dtr1 << 8 | g.dtr0
+        elif op == DT8_ACTIVATE:
+            if g.temporary_tc is not None:  # clamped to the gear's physical limits
+                g.tc_mirek = min(max(g.temporary_tc, g.tc_coolest), g.tc_warmest)
+                g.temporary_tc = None
+        elif op == DT8_QUERY_COLOUR_STATUS:
+            return 0x20  # bit 5: colour temperature Tc active
+        elif op == DT8_QUERY_TYPE_FEATURES:
+            return 0x02  # bit 1: colour temperature Tc capable
+        elif op == DT8_QUERY_COLOUR_VALUE:
+            value = {
+                DT8_COLOUR_VALUE_TC: g.tc_mirek,
+                DT8_COLOUR_VALUE_COOLEST: g.tc_coolest,
+                DT8_COLOUR_VALUE_WARMEST: g.tc_warmest,
+            }.get(g.dtr0, 0xFFFF)
+            g.dtr0 = value & 0xFF  # the LSB, for QUERY CONTENT DTR0
+            return value >> 8
+        return None
 
     def _count(self, name: str) -> None:
         self.stats.by_opcode[name] = self.stats.by_opcode.get(name, 0) + 1
@@ -500,7 +542,7 @@ class GearBus:
         if op == Q_DTR0:
             return g.dtr0
         if op == Q_DEVICE_TYPE:
-            return DEVICE_TYPE_LED
+            return DEVICE_TYPE_COLOUR if g.colour_tc else DEVICE_TYPE_LED
         if op == Q_PHYSICAL_MIN:
             return g.physical_min
         if op == Q_ACTUAL:
