@@ -225,6 +225,13 @@ def parser() -> argparse.ArgumentParser:
         if name == "points":
             s.add_argument("--device", "-d", help="only this device")
         s.set_defaults(fn=fn)
+
+    # `scan <bus kind>`: each kind registers its own sub-subcommand (scan dali, scan bacnet, ...)
+    scan = sub.add_parser("scan", help="discover and commission devices on a bus, with progress")
+    scans = scan.add_subparsers(dest="scan_kind", required=True)
+    from . import cli_dali  # imports this module: loaded here, not at the top
+
+    cli_dali.register(sub, scans)
     return p
 
 

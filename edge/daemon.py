@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers import get_driver
+from drivers import BusDriver, DriverError, get_driver
 
 from . import control, systemd
 from .backoff import Backoff
@@ -190,12 +190,37 @@ class Edge:
                 )
         return {"points": rows}
 
+    async def op_bus_tool(self, req: dict[str, Any], progress: control.Progress) -> dict[str, Any]:
+        """A technician tool on a bus (``citynerve-edge scan dali``, ``dali identify`` ...).
+
+        Runs in the bus's poller, ahead of polling: the daemon owns the port.
+        """
+        bus_id = str(req.get("bus"))
+        poller = self.pollers.get(bus_id)
+        if poller is None:
+            raise ValueError(f"unknown bus {bus_id!r} (buses: {', '.join(self.pollers) or 'none'})")
+        if not callable(getattr(poller.driver, "tool", None)):
+            raise ValueError(f"bus {bus_id} ({poller.bus.driver}) is not running or has no technician tools")
+        action, args = str(req.get("action")), req.get("args") or {}
+        if not isinstance(args, dict):
+            raise ValueError(f"args must be a JSON object, got {type(args).__name__}")
+
+        async def run(driver: BusDriver) -> Any:
+            return await driver.tool(action, args, progress)  # type: ignore[attr-defined]
+
+        try:
+            return {"result": await poller.call(run)}
+        except DriverError as err:
+            raise ValueError(f"{type(err).__name__}: {err}") from err
+
     # -- the whole daemon ---------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until cancelled."""
         server = await control.serve(
-            self.config.socket_path, {"status": self.op_status, "points": self.op_points}
+            self.config.socket_path,
+            {"status": self.op_status, "points": self.op_points},
+            {"bus_tool": self.op_bus_tool},
         )
         log.info(
             "citynerve-edge %s: gateway %s, %d buses, %d devices, control socket %s",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,14 @@ class _WriteRequest:
     point: PointConfigBase
     value: Value
     done: asyncio.Future[Value] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass
+class _CallRequest:
+    """A technician operation on the bus (scan, identify ...): runs with the driver, ahead of polling."""
+
+    fn: Callable[[BusDriver], Awaitable[Any]]
+    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 @dataclass
@@ -81,7 +89,7 @@ class BusPoller:
         self.outbox = outbox
         self.full_report_s = full_report_s
         self.retry_cap_s = retry_cap_s
-        self._writes: asyncio.Queue[_WriteRequest] = asyncio.Queue(maxsize=1000)
+        self._writes: asyncio.Queue[_WriteRequest | _CallRequest] = asyncio.Queue(maxsize=1000)
         self._wake = asyncio.Event()
         self._backoff: dict[str, Backoff] = {d.config.id: Backoff(0.5, retry_cap_s) for d in self.devices}
         self._groups = self._make_groups()
@@ -104,6 +112,16 @@ class BusPoller:
     async def write(self, device: DeviceState, point: PointConfigBase, value: Value) -> Value:
         """Queue a write ahead of polling and wait for its read-back value."""
         req = _WriteRequest(device, point, value)
+        self._writes.put_nowait(req)
+        self._wake.set()
+        return await req.done
+
+    async def call(self, fn: Callable[[BusDriver], Awaitable[Any]]) -> Any:
+        """Run ``fn(driver)`` on this bus ahead of polling (as writes are) and return its result.
+
+        For technician operations while the daemon owns the bus; DriverError if it stops first.
+        """
+        req = _CallRequest(fn)
         self._writes.put_nowait(req)
         self._wake.set()
         return await req.done
@@ -190,6 +208,16 @@ class BusPoller:
         while not self._writes.empty():
             req = self._writes.get_nowait()
             if req.done.cancelled():
+                continue
+            if isinstance(req, _CallRequest):
+                try:
+                    result = await req.fn(driver)
+                except Exception as err:  # the caller reports it; the poller goes on polling
+                    if not req.done.done():
+                        req.done.set_exception(err)
+                else:
+                    if not req.done.done():
+                        req.done.set_result(result)
                 continue
             try:
                 value = await driver.write(req.device.config, req.point, req.value)

@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
     da = sub.add_parser("dali", help="a DALI bus of control gear behind a LUBA RS232 master, on a pty")
     da.add_argument("--lamps", type=int, default=64, help="control gear at short addresses 0.. (max 64)")
+    da.add_argument(
+        "--unaddressed",
+        type=int,
+        default=0,
+        help="new gear without a short address (for citynerve-edge scan dali)",
+    )
     da.add_argument("--fade-time", type=int, default=0, choices=range(16), help="fade time code 0-15")
     da.add_argument(
         "--sensors", type=int, default=0, help="occupancy sensors at control-device short addresses 0.."
@@ -126,10 +132,15 @@ async def run_dali(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with DaliBusSim(
-        args.lamps, timing=args.timing, fade_time=args.fade_time, sensors=args.sensors
+        args.lamps,
+        timing=args.timing,
+        fade_time=args.fade_time,
+        sensors=args.sensors,
+        unaddressed=args.unaddressed,
     ) as sim:
         print(
-            f"dali-sim ready {sim.path} interface=luba232 lamps={args.lamps} sensors={args.sensors}",
+            f"dali-sim ready {sim.path} interface=luba232 lamps={args.lamps} sensors={args.sensors}"
+            + (f" unaddressed={args.unaddressed}" if args.unaddressed else ""),
             flush=True,
         )
         if args.sensors and args.occupancy_every > 0:

@@ -124,7 +124,7 @@ def test_point_types_and_defaults() -> None:
         ({"id": "d", "bus": "b", "address": 1, "groups": [16]}, "less than or equal to 15"),
         (
             {"id": "d", "bus": "b", "group": 1, "points": [{"id": "status"}]},
-            "a group device can only have 'level' points",
+            "a group device can only have 'colour_temperature', 'level' or 'scene' points",
         ),
         ({"id": "d", "bus": "b", "address": 1, "points": [{"id": "colour"}]}, "'colour' is not a DALI point"),
         (
@@ -189,9 +189,10 @@ def test_edge_config_with_a_dali_bus(tmp_path: Path) -> None:
     assert issues == [
         "edge.yaml:9: devices[0].address: Input should be less than or equal to 63",
         "edge.yaml:12: devices[0].points[1].writable: source lamp_failure is read-only: "
-        "only 'level' is writable",
+        "only level, scene and colour_temperature are writable",
         "edge.yaml:14: devices[2].points[0].id: 'colour' is not a DALI point: use one of level, "
-        "actual_level, lamp_failure, gear_failure, power_failure, status, energy, power, presence as the id, "
+        "actual_level, lamp_failure, gear_failure, power_failure, missing_short_address, status, energy, "
+        "power, operating_time, gear_starts, lamp_on_time, lamp_starts, scene, colour_temperature, presence as the id, "
         "or set 'source' to one of them",
     ]
 
@@ -314,7 +315,7 @@ async def test_two_gear_on_one_address_is_a_protocol_error(sim: DaliBusSim, driv
     sim.gear(11).short_address = 10
     with pytest.raises(ProtocolError, match="framing error: several gear answered"):
         await driver.read(lamp(10), ALL_POINTS)
-    assert sim.stats.collisions == 1
+    assert sim.stats.collisions == 2  # asked again (retries: 1), garbled again: not a value
 
 
 async def test_broadcast_to_64_lamps_is_one_frame(sim: DaliBusSim, driver: DaliDriver) -> None:
@@ -346,9 +347,10 @@ async def next_update(updates: AsyncIterator[PushedUpdate]) -> PushedUpdate:
 
 
 async def test_occupancy_events_become_presence_updates() -> None:
-    async with DaliBusSim(lamps=2, sensors=3, timing=0) as sim, DaliDriver(
-        bus(sim.path), [lamp(0), sensor(0), sensor(2)]
-    ) as d:
+    async with (
+        DaliBusSim(lamps=2, sensors=3, timing=0) as sim,
+        DaliDriver(bus(sim.path), [lamp(0), sensor(0), sensor(2)]) as d,
+    ):
         assert await d.read(sensor(2), (PRESENCE,)) == [
             PointReading("presence", None, Quality.STALE, "no event from D2.I0 yet")
         ]
@@ -487,16 +489,30 @@ async def test_real_frame_timing() -> None:
 
 async def test_sim_cli_prints_the_pty_and_serves_it() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "firmware_sim.cli", "dali", "--lamps", "64", "--timing", "0",
-        "--sensors", "2", "--occupancy-every", "0.1",
+        sys.executable,
+        "-m",
+        "firmware_sim.cli",
+        "dali",
+        "--lamps",
+        "63",
+        "--unaddressed",
+        "1",
+        "--timing",
+        "0",
+        "--sensors",
+        "2",
+        "--occupancy-every",
+        "0.1",
         stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
-        assert line.startswith("dali-sim ready /dev/pts/") and "lamps=64 sensors=2" in line
+        assert line.startswith("dali-sim ready /dev/pts/") and "lamps=63 sensors=2 unaddressed=1" in line
         async with DaliDriver(bus(line.split()[2]), [sensor(0), sensor(1)]) as d:
-            assert values(await d.read(lamp(63), ALL_POINTS[:1])) == {"level": 100.0}
+            assert values(await d.read(lamp(62), ALL_POINTS[:1])) == {"level": 100.0}
+            everyone = DaliDeviceConfig(id="all", bus="dali1", broadcast=True, points=(MISSING,))
+            assert values(await d.read(everyone, (MISSING,))) == {"missing_short_address": True}
             # the sensors take turns: S-0 occupied, S-1 occupied, S-0 vacant, ...
             seen = [(u.device, u.reading.value) async for u in _take(d.updates(), 3)]
             assert len(seen) == 3 and {dev for dev, _ in seen} == {"S-0", "S-1"}, seen
@@ -508,3 +524,196 @@ async def test_sim_cli_prints_the_pty_and_serves_it() -> None:
 async def _take(updates: AsyncIterator[PushedUpdate], n: int) -> AsyncIterator[PushedUpdate]:
     for _ in range(n):
         yield await next_update(updates)
+
+
+# -- D4i diagnostics (banks 205/206), status bits as alarms, garbled answers -------------------
+
+DIAG = tuple(
+    DaliPointConfig.model_validate({"id": name, "interval_s": 3600})
+    for name in ("operating_time", "gear_starts", "lamp_on_time", "lamp_starts")
+)
+
+
+async def test_d4i_diagnostics_from_banks_205_and_206(sim: DaliBusSim, driver: DaliDriver) -> None:
+    now = asyncio.get_running_loop().time()
+    g = sim.gear(6)
+    g.set_times(now, operating_s=40_000 * 3600, lamp_on_s=12_000 * 3600)  # years on the street
+    assert all(p.value_type() is PointType.INT for p in DIAG)
+    got = values(await driver.read(lamp(6), DIAG))
+    assert got["operating_time"] == pytest.approx(40_000 * 3600, abs=2)  # seconds, whole ones
+    assert got["lamp_on_time"] == pytest.approx(12_000 * 3600, abs=2)
+    assert (got["gear_starts"], got["lamp_starts"]) == (1, 0)  # powered once, lit since before
+
+    # the lamp goes off and on twice; the mains is switched off and on once
+    for _ in range(2):
+        await driver.write(lamp(6), ALL_POINTS[0], 0)
+        await driver.write(lamp(6), ALL_POINTS[0], 50)
+    sim.power_cycle(6)
+    t0 = time.monotonic()
+    before = values(await driver.read(lamp(6), DIAG))
+    await driver.write(lamp(6), ALL_POINTS[0], 0)  # off: the lamp's on time stops counting
+    await asyncio.sleep(1.2)
+    after = values(await driver.read(lamp(6), DIAG))
+    elapsed = time.monotonic() - t0
+    assert (after["gear_starts"], after["lamp_starts"]) == (2, 2)
+    assert after["operating_time"] - before["operating_time"] in (int(elapsed), int(elapsed) + 1)
+    assert after["lamp_on_time"] - before["lamp_on_time"] <= 1
+    assert after["operating_time"] == int(sim.gear(6).operating_s(asyncio.get_running_loop().time()))
+    sim.reset_stats()
+    await driver.read(lamp(6), DIAG[:1])
+    assert sim.frames == 2 + 4  # DTR1, DTR0, 4 x READ MEMORY LOCATION: read rarely
+
+    sim.gear(7).diagnostics = False
+    (reading,) = await driver.read(lamp(7), DIAG[:1])
+    assert reading.quality is Quality.DEVICE_ERROR and "no D4i memory bank 205" in reading.error
+
+
+async def test_status_bit_points_are_alarms_by_default(tmp_path: Path) -> None:
+    p = DaliPointConfig.model_validate({"id": "gear_failure"})
+    assert p.alarm == "gear_failure"
+    assert DaliPointConfig.model_validate({"id": "pf", "source": "power_failure"}).alarm == "power_failure"
+    assert DaliPointConfig.model_validate({"id": "lamp_failure", "alarm": None}).alarm is None
+    assert DaliPointConfig.model_validate({"id": "status"}).alarm is None
+    # a gear without points gets its level and its fault bits, each an alarm
+    dev = DaliDeviceConfig.model_validate({"id": "L", "bus": "b", "address": 3})
+    assert [(p.id, p.alarm, p.writable) for p in dev.points] == [
+        ("level", None, True),
+        ("lamp_failure", "lamp_failure", False),
+        ("gear_failure", "gear_failure", False),
+        ("power_failure", "power_failure", False),
+    ]
+    assert DaliDeviceConfig.model_validate({"id": "L", "bus": "b", "address": 3, "points": []}).points == ()
+    bc = DaliDeviceConfig.model_validate(
+        {"id": "all", "bus": "b", "broadcast": True, "points": [{"id": "missing_short_address"}]}
+    )
+    assert bc.points[0].alarm == "missing_short_address"
+    with pytest.raises(
+        ValidationError, match="a group device can only have 'colour_temperature', 'level' or 'scene' points"
+    ):
+        DaliDeviceConfig.model_validate(
+            {"id": "g", "bus": "b", "group": 1, "points": [{"id": "missing_short_address"}]}
+        )
+
+
+MISSING = DaliPointConfig(id="missing_short_address")
+
+
+async def test_gear_without_a_short_address_on_the_bus() -> None:
+    async with DaliBusSim(lamps=4, timing=0) as sim, DaliDriver(bus(sim.path)) as driver:
+        everyone = DaliDeviceConfig(id="all", bus="dali1", broadcast=True, points=(MISSING,))
+        assert values(await driver.read(everyone, (MISSING,))) == {"missing_short_address": False}
+        new = sim.add_gear()  # a lamp replaced: the new gear comes without a short address
+        assert values(await driver.read(everyone, (MISSING,))) == {"missing_short_address": True}
+        sim.add_gear()  # two of them answer at once: a framing error, still a YES
+        assert values(await driver.read(everyone, (MISSING,))) == {"missing_short_address": True}
+        assert await driver.tool("scan", {"addresses": [10, 11]}, lambda _: None)
+        assert new.short_address in (10, 11)  # in the order of their random addresses
+        assert values(await driver.read(everyone, (MISSING,))) == {"missing_short_address": False}
+        d = DaliDriver(bus(sim.path), [everyone, lamp(2)])
+        assert "scan dali --bus dali1" in d.describe("all", MISSING)
+        assert d.describe("L-2", ALL_POINTS[2]) == "A2 QUERY STATUS bit 1 lamp failure"
+        assert d.describe("L-2", ALL_POINTS[0]) == ""
+
+
+async def test_power_cycle_sets_the_power_failure_bit(sim: DaliBusSim, driver: DaliDriver) -> None:
+    await driver.write(lamp(1), ALL_POINTS[0], 10)
+    assert values(await driver.read(lamp(1), ALL_POINTS))["power_failure"] is False
+    sim.power_cycle(1)
+    got = values(await driver.read(lamp(1), ALL_POINTS))
+    assert (got["power_failure"], got["level"]) == (True, 100.0)  # back at its power-on level
+
+
+async def test_a_garbled_answer_is_asked_again_and_never_a_value(sim: DaliBusSim, driver: DaliDriver) -> None:
+    sim.garble(3, times=1)  # noise on one answer: the repeat is good
+    assert values(await driver.read(lamp(3), ALL_POINTS[:1])) == {"level": 100.0}
+    assert (sim.stats.garbled, sim.stats.collisions) == (1, 0)
+    sim.garble(3)  # every answer garbled: a ProtocolError, not a value
+    with pytest.raises(ProtocolError, match=r"L-3 \(A3\): garbled answer to .* 2 of 2 times"):
+        await driver.read(lamp(3), ALL_POINTS)
+    with pytest.raises(ProtocolError, match="garbled answer reading memory"):
+        await driver.read(lamp(3), (ENERGY,))
+    with pytest.raises(ProtocolError, match="garbled answer to QueryStatus"):
+        await driver.tool("query", {"address": 3}, lambda _: None)
+    sim.garble(3, times=0)
+    assert values(await driver.read(lamp(3), ALL_POINTS[:1])) == {"level": 100.0}
+
+
+async def test_a_cancel_lost_inside_python_dali_still_stops_the_driver(
+    sim: DaliBusSim, driver: DaliDriver
+) -> None:
+    # python-dali's wait_for can swallow a cancel that arrives with the frame (Python 3.11):
+    # the next exchange must still end the task, or a stopping poller would poll on.
+    async def poll_after_a_lost_cancel() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass  # what wait_for does when the awaited frame is there at the same moment
+        await driver.read(lamp(1), ALL_POINTS[:1])
+        raise AssertionError("the driver went on after the task was cancelled")
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(poll_after_a_lost_cancel())
+    assert values(await driver.read(lamp(1), ALL_POINTS[:1])) == {"level": 100.0}  # still usable
+
+
+SCENE = DaliPointConfig(id="scene", writable=True)
+
+
+async def test_scene_point_recalls_stored_levels_with_one_frame(sim: DaliBusSim, driver: DaliDriver) -> None:
+    assert (SCENE.value_type(), SCENE.min, SCENE.max) == (PointType.INT, 0, 15)
+    with pytest.raises(ValidationError, match=r"a scene is 0\.\.15, max 16\.0 is outside"):
+        DaliPointConfig.model_validate({"id": "scene", "max": 16})
+    for n, level in ((1, 170), (2, 220)):  # scene 3 stored in two gear of group 4 (commissioning)
+        await driver.tool("scene", {"address": n, "store": 3, "level": arc_to_percent(level)}, lambda _: None)
+        sim.add_to_group(n, 4)
+    sim.add_to_group(5, 4)  # a member without scene 3: it stays where it is
+    street = DaliDeviceConfig(id="street", bus="dali1", group=4, points=(ALL_POINTS[0], SCENE))
+    assert await driver.read(street, (SCENE,)) == [
+        PointReading("scene", None, Quality.STALE, "no scene commanded to G4 yet")
+    ]
+    await driver.write(street, ALL_POINTS[0], 50)
+    sim.reset_stats()
+    assert await driver.write(street, SCENE, 3) == 3
+    assert sim.frames == 1  # GO TO SCENE 3 to group 4
+    assert [sim.level(n) for n in (1, 2, 5)] == [170, 220, percent_to_arc(50)]
+    got = {r.point: r for r in await driver.read(street, (ALL_POINTS[0], SCENE))}
+    assert got["scene"].value == 3
+    assert got["level"].quality is Quality.STALE  # the group's level is the scenes' now
+    assert values(await driver.read(lamp(1), ALL_POINTS[:1])) == {"level": arc_to_percent(170)}
+    for bad in (16, 2.5, True):
+        with pytest.raises(PointError, match="is not a scene number 0-15"):
+            await driver.write(street, SCENE, bad)
+
+
+TC = DaliPointConfig(id="colour_temperature", unit="K", writable=True)
+
+
+async def test_dt8_colour_temperature(sim: DaliBusSim, driver: DaliDriver) -> None:
+    assert TC.value_type() is PointType.INT
+    for n in (1, 2):
+        sim.gear(n).colour_tc = True  # DT8 gear with colour temperature (IEC 62386-209)
+    assert values(await driver.read(lamp(1), (TC,))) == {"colour_temperature": 4000}
+    assert await driver.write(lamp(1), TC, 3000) == 3003  # 333 mirek
+    assert sim.gear(1).tc_mirek == 333
+    assert await driver.write(lamp(1), TC, 10000) == 6536  # clamped to the gear's coolest
+    # a group: one set of frames, every DT8 member follows; a plain LED gear ignores it
+    for n in (1, 2, 3):
+        sim.add_to_group(n, 6)
+    street = DaliDeviceConfig(id="street", bus="dali1", group=6, points=(TC,))
+    assert await driver.read(street, (TC,)) == [
+        PointReading("colour_temperature", None, Quality.STALE, "no colour temperature commanded to G6 yet")
+    ]
+    assert await driver.write(street, TC, 2700) == 2703
+    assert [sim.gear(n).tc_mirek for n in (1, 2)] == [370, 370]
+    assert values(await driver.read(street, (TC,))) == {"colour_temperature": 2703}
+    (plain,) = await driver.read(lamp(3), (TC,))
+    assert plain.quality is Quality.DEVICE_ERROR and "no DT8 colour temperature" in plain.error
+    with pytest.raises(PointError, match="reports no DT8 colour temperature"):
+        await driver.write(lamp(3), TC, 3000)
+    with pytest.raises(PointError, match="not a colour temperature in kelvin"):
+        await driver.write(lamp(1), TC, 500)
+    info = await driver.tool("query", {"address": 2}, lambda _: None)
+    assert info["device_types"] == [8]

@@ -20,14 +20,47 @@ Source = Literal[
     "lamp_failure",
     "gear_failure",
     "power_failure",
+    "missing_short_address",
     "status",
     "energy",
     "power",
+    "operating_time",
+    "gear_starts",
+    "lamp_on_time",
+    "lamp_starts",
+    "scene",
+    "colour_temperature",
     "presence",
 ]
 SOURCES: tuple[str, ...] = Source.__args__  # type: ignore[attr-defined]
-_BOOL_SOURCES = frozenset({"lamp_failure", "gear_failure", "power_failure", "presence"})
+# QUERY STATUS bits that are faults: each point raises and clears an alarm event of its own
+# name unless the point says otherwise (``alarm: null`` for none).
+ALARM_SOURCES = frozenset({"lamp_failure", "gear_failure", "power_failure", "missing_short_address"})
+_BOOL_SOURCES = ALARM_SOURCES | {"presence"}
 _PERCENT_SOURCES = frozenset({"level", "actual_level"})
+# D4i diagnostics (DiiA Part 253, banks 205/206): counters and times in seconds
+_INT_SOURCES = frozenset(
+    {"status", "operating_time", "gear_starts", "lamp_on_time", "lamp_starts", "scene", "colour_temperature"}
+)
+_WRITABLE_SOURCES = frozenset({"level", "scene", "colour_temperature"})
+# Sources a group or broadcast device may have: one frame to every member; a broadcast device
+# also asks whether any gear without a short address is on the bus (a replaced lamp).
+_GROUP_SOURCES = frozenset({"level", "scene", "colour_temperature"})
+_BROADCAST_SOURCES = frozenset({"level", "scene", "colour_temperature", "missing_short_address"})
+# The points of a gear configured without any (``address`` and no ``points``): its level and
+# its fault bits, each fault an alarm.
+DEFAULT_GEAR_POINTS: tuple[dict[str, Any], ...] = (
+    {"id": "level", "unit": "%", "writable": True, "min": 0, "max": 100, "interval_s": 30},
+    {"id": "lamp_failure", "interval_s": 60},
+    {"id": "gear_failure", "interval_s": 60},
+    {"id": "power_failure", "interval_s": 60},
+)
+
+
+def _either(names: list[str]) -> str:
+    """``'a', 'b' or 'c'``."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 class DaliBusConfig(BusConfigBase):
@@ -63,13 +96,25 @@ class DaliPointConfig(PointConfigBase):
                     f"{pid!r} is not a DALI point: use one of {', '.join(SOURCES)} as the id, "
                     "or set 'source' to one of them",
                 )
-            return {**data, "source": pid}
+            data = {**data, "source": pid}
+        if isinstance(data, dict) and data.get("source") in ALARM_SOURCES and "alarm" not in data:
+            data = {**data, "alarm": data["source"]}
+        if isinstance(data, dict) and data.get("source") == "scene":
+            # GO TO SCENE 0-15: the edge rejects other numbers before anything is sent
+            data = {"min": 0, "max": 15, **data}
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.writable and self.source != "level":
-            raise FieldError(("writable",), f"source {self.source} is read-only: only 'level' is writable")
+        if self.writable and self.source not in _WRITABLE_SOURCES:
+            raise FieldError(
+                ("writable",),
+                f"source {self.source} is read-only: only level, scene and colour_temperature are writable",
+            )
+        if self.source == "scene":
+            for key, bound in (("min", self.min), ("max", self.max)):
+                if bound is not None and not 0 <= bound <= 15:
+                    raise FieldError((key,), f"a scene is 0..15, {key} {bound} is outside")
         if self.source in _PERCENT_SOURCES:
             for key, bound in (("min", self.min), ("max", self.max)):
                 if bound is not None and not 0 <= bound <= 100:
@@ -80,7 +125,7 @@ class DaliPointConfig(PointConfigBase):
         """float percent for levels, bool for failure bits, int for the raw status byte."""
         if self.source in _BOOL_SOURCES:
             return PointType.BOOL
-        if self.source == "status":
+        if self.source in _INT_SOURCES:
             return PointType.INT
         return PointType.FLOAT
 
@@ -90,8 +135,9 @@ class DaliDeviceConfig(DeviceConfigBase):
     occupancy sensor (``sensor_address`` 0-63 and ``instance`` 0-31, IEC 62386-103/303).
 
     Group and broadcast devices are written with one frame and cannot be queried (several gear
-    would answer at once), so they may only have ``level`` points. Sensors report through their
-    event frames, so they may only have ``presence`` points.
+    would answer at once), so they may only have ``level`` points (and a broadcast device a
+    ``missing_short_address`` point). Sensors report through their event frames, so they may
+    only have ``presence`` points. A gear without ``points`` gets ``DEFAULT_GEAR_POINTS``.
     """
 
     address: int | None = Field(default=None, ge=0, le=63)
@@ -106,6 +152,13 @@ class DaliDeviceConfig(DeviceConfigBase):
     )
     curve: Curve = "logarithmic"
     points: tuple[DaliPointConfig, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_points(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("address") is not None and "points" not in data:
+            return {**data, "points": DEFAULT_GEAR_POINTS}
+        return data
 
     @model_validator(mode="after")
     def _one_address(self) -> Self:
@@ -128,11 +181,12 @@ class DaliDeviceConfig(DeviceConfigBase):
                     else "'presence' comes from an occupancy sensor: set 'sensor_address'",
                 )
         if self.address is None and self.sensor_address is None:
+            allowed = _BROADCAST_SOURCES if self.broadcast else _GROUP_SOURCES
             for i, p in enumerate(self.points):
-                if p.source != "level":
+                if p.source not in allowed:
                     raise FieldError(
                         ("points", i, "source"),
-                        f"a {given[0]} device can only have 'level' points: "
+                        f"a {given[0]} device can only have {_either(sorted(allowed))} points: "
                         f"{p.source} needs one gear's answer (use 'address')",
                     )
         return self

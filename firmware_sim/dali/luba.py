@@ -21,7 +21,7 @@ from operator import xor
 from types import TracebackType
 from typing import Self
 
-from .gear import MASK, BusStats, Gear, GearBus
+from .gear import GARBLED, MASK, BusStats, Gear, GearBus
 from .sensor import OccupancySensor
 
 SYNC = 0x59
@@ -54,6 +54,9 @@ SETTLE_FORWARD_S = {1: 0.0135, 2: 0.0149, 3: 0.0163, 4: 0.0179, 5: 0.0195}
 SETTLE_AFTER_BACKWARD_S = 0.0024
 
 
+_SPIN_S = 0.002  # the last part of a wait on the bus's timing is spent yielding, not sleeping
+
+
 def luba_message(command: int, payload: bytes | list[int]) -> bytes:
     """One LUBA message with its sync byte, length and XOR checksum."""
     body = bytes([command, len(payload), *payload])
@@ -76,21 +79,25 @@ class DaliBusSim:
         physical_min: int = 1,
         level: int = 254,
         sensors: int = 0,
+        unaddressed: int = 0,
+        seed: int | None = None,
     ) -> None:
-        if not 0 <= lamps <= 64:
+        if not 0 <= lamps + unaddressed <= 64:
             raise ValueError("a DALI bus has 0..64 control gear (short addresses 0-63)")
         if not 0 <= sensors <= 64:
             raise ValueError("a DALI bus has 0..64 control devices (short addresses 0-63)")
         if timing < 0:
             raise ValueError("timing must be >= 0")
         gear = []
-        for n in range(lamps):
-            g = Gear(short_address=n, fade_time=fade_time, physical_min=physical_min)
+        for n in range(lamps + unaddressed):
+            # the unaddressed ones are new gear, as delivered: no short address yet
+            address = n if n < lamps else None
+            g = Gear(short_address=address, fade_time=fade_time, physical_min=physical_min)
             g.min_level = physical_min
             g.go_to(level, 0.0, fade=False)
             g.power_cycle_seen = True
             gear.append(g)
-        self.bus = GearBus(gear)
+        self.bus = GearBus(gear, seed)
         # occupancy sensors: control devices at short addresses 0.., instance 0 each
         self.sensors = [OccupancySensor(short_address=n) for n in range(sensors)]
         self.timing = timing
@@ -119,7 +126,7 @@ class DaliBusSim:
         self.path = os.ttyname(self._slave)
         self._t_start = self._loop.time()
         for g in self.bus.gear:
-            g.set_energy(0.0, self._t_start)  # energy counts from the simulator's start
+            g.start(self._t_start)  # energy and times count from the simulator's start
         self._loop.add_reader(self._master, self._on_readable)
         self._worker = asyncio.create_task(self._run_bus(), name="dali-sim-bus")
         return self
@@ -174,6 +181,27 @@ class DaliBusSim:
     def repair_lamp(self, n: int) -> None:
         """Replace the failed lamp of gear ``n``."""
         self.fail_lamp(n, False)
+
+    def garble(self, n: int, times: int = -1) -> None:
+        """Make gear ``n``'s next ``times`` answers (-1: all) reach the master garbled; 0 heals it."""
+        self.gear(n).garble = times
+
+    def power_cycle(self, n: int) -> None:
+        """Switch gear ``n``'s mains off and on: power-on level, power failure bit, start counter."""
+        self.gear(n).power_cycle(self._now())
+
+    def identifying(self, n: int) -> bool:
+        """Whether gear ``n`` is running its identification (blinking) after IDENTIFY DEVICE."""
+        return self.gear(n).identifying(self._now())
+
+    def add_gear(self, short_address: int | None = None, **kw: object) -> Gear:
+        """Connect one more gear (by default a new one without a short address)."""
+        if len(self.bus.gear) >= 64:
+            raise ValueError("a DALI bus has at most 64 control gear")
+        g = Gear(short_address=short_address, **kw)  # type: ignore[arg-type]
+        g.start(self._now())
+        self.bus.gear.append(g)
+        return g
 
     def fail_gear(self, n: int, failed: bool = True) -> None:
         """Set (or clear) the control gear failure of gear ``n`` (status bit 0)."""
@@ -307,9 +335,17 @@ class DaliBusSim:
         self._send(luba_message(RSP_TX, [self._tx_id, TX_BUFFER - self._txq.qsize()]))
 
     async def _sleep_until(self, t: float) -> None:
+        """Wait until loop time ``t``, to within a fraction of a millisecond.
+
+        A plain asyncio.sleep wakes up to ~2 ms late (epoll's millisecond timeout, rounded up),
+        which would make the simulated bus slower than a real one: sleep short, then yield
+        until the time has come.
+        """
         delay = t - self._now()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if delay > _SPIN_S:
+            await asyncio.sleep(delay - _SPIN_S)
+        while self._now() < t:  # noqa: ASYNC110 (a deliberate spin: no event marks a time)
+            await asyncio.sleep(0)
 
     def _event(self, status: int, data: list[int] | bytes) -> None:
         # settings byte 1 (event filter): bit 7 all off, bit 6 "sent" off, bit 5 "received" off
@@ -325,23 +361,31 @@ class DaliBusSim:
             frame, twice, priority, tx_id = await self._txq.get()
             duration = (FORWARD_16_S if len(frame) == 2 else FORWARD_24_S) * scale
             for _ in range(2 if twice else 1):
+                end = self._now()
                 if scale:
                     settle = SETTLE_AFTER_BACKWARD_S if self._answered else SETTLE_FORWARD_S[min(priority, 5)]
                     start = max(self._now(), self._bus_free_at + settle * scale)
-                    await self._sleep_until(start + duration)
+                    end = start + duration
+                    await self._sleep_until(end)
                 answers = self.bus.forward(frame, self._now())
                 if tx_id is None:  # an input device's event: the master hears it on the bus
                     self._event(EVENT_RECEIVED | len(frame) * 8, frame)
                 else:
                     self._event(EVENT_SENT | len(frame) * 8, [tx_id, *frame])
                 if answers and scale:
-                    await self._sleep_until(self._now() + (SETTLE_BACKWARD_S + BACKWARD_S) * scale)
-                if len(answers) == 1:
+                    end += (SETTLE_BACKWARD_S + BACKWARD_S) * scale
+                    await self._sleep_until(end)
+                if len(answers) == 1 and answers[0] != GARBLED:
                     self.bus.stats.backward_frames += 1
                     self._event(EVENT_RECEIVED | 8, [answers[0] & MASK])
                 elif answers:
-                    # several gear answering at once: the master sees a framing error (101 §8.3)
-                    self.bus.stats.collisions += 1
+                    # several gear answering at once, or one answer hit by noise: the master
+                    # sees a framing error (101 §8.3)
+                    if len(answers) > 1:
+                        self.bus.stats.collisions += 1
+                    else:
+                        self.bus.stats.garbled += 1
                     self._event(EVENT_RECEIVED | EVENT_FRAMING_ERROR, [])
-                self._bus_free_at = self._now()
+                # the bus's own timeline: a late wake-up above does not stretch the frames
+                self._bus_free_at = end
                 self._answered = bool(answers)
