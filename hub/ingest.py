@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from wire import (
+    Birth,
     Data,
     Event,
     Kind,
@@ -33,6 +34,7 @@ from .mqtt import Incoming, MqttLink
 from .registry import GatewayState, PointState, Registry
 from .seqtrack import INT64_MAX, Gap
 from .storage import QUALITY_CODE, EventRow, SampleRow, Storage
+from .storage.models import HASH_MAX, NAME_MAX, SEVERITY_MAX, UNIT_MAX
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,32 @@ class _Pending:
                                                if a[0] is e[0] and a[1] == e[1].seq])
                 for e in self.events]
         return out
+
+
+def _check_len(what: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise WireError(f"{what} {value[:20]!r}... is {len(value)} characters long (at most {limit})")
+
+
+def _check_birth(b: Birth) -> None:
+    _check_int64("birth session", b.session)
+    _check_len("birth sw", b.software_version, NAME_MAX)
+    _check_len("birth config_hash", b.config_hash, HASH_MAX)
+    for d in b.devices:
+        for what, v in (("device id", d.id), ("device kind", d.kind), ("device driver", d.driver)):
+            _check_len(f"birth {what}", v, NAME_MAX)
+        for p in d.points:
+            _check_len(f"birth device {d.id} point id", p.id, NAME_MAX)
+            _check_len(f"birth device {d.id} point {p.id} unit", p.unit, UNIT_MAX)
+
+
+def _check_event(ev: Event) -> None:
+    if ev.seq < 0:
+        raise WireError(f"event: negative seq {ev.seq}")
+    _check_int64("event", ev.seq, ev.ts_ms)
+    for what, v in (("device", ev.device), ("kind", ev.kind), ("point", ev.point)):
+        _check_len(f"event {what}", v, NAME_MAX)
+    _check_len("event severity", ev.severity, SEVERITY_MAX)
 
 
 def _check_int64(what: str, *values: int) -> None:
@@ -265,9 +293,7 @@ class IngestWriter:
                 self._live(gw, newest, rx)  # type: ignore[arg-type]
         elif kind is Kind.EVENT:
             ev = decode_event(payload)
-            if ev.seq < 0:
-                raise WireError(f"event: negative seq {ev.seq}")
-            _check_int64("event", ev.seq, ev.ts_ms)
+            _check_event(ev)
             gw = await self._gateway(gw_name)
             pending.events.append((gw, ev))
             pending.arrivals.append((gw, ev.seq, rx))
@@ -281,7 +307,7 @@ class IngestWriter:
             self._counters.inc("stored.status")
         elif kind is Kind.BIRTH:
             birth = decode_birth(payload)
-            _check_int64("birth session", birth.session)
+            _check_birth(birth)
             await self._barrier()
             await reg.apply_birth(await self._gateway(gw_name), birth, rx)
             self._counters.inc("stored.birth")
@@ -350,6 +376,12 @@ class IngestWriter:
                 dev_name, points = dev, (d.points if d is not None else {})
             pt = points.get(pt_name)
             if pt is None:
+                if len(dev) > NAME_MAX or len(pt_name) > NAME_MAX:
+                    # A new name the point table cannot hold: that sample is dropped, counted.
+                    self._counters.inc("malformed.sample")
+                    log.warning("gateway %s: sample with a name over %d characters dropped",
+                                gw.name, NAME_MAX)
+                    continue
                 await self._barrier()
                 pt = await self._registry.undeclared_point(gw, dev, pt_name, v)
                 dev_name = None  # the device may be new: look it up again
