@@ -431,3 +431,45 @@ def test_wire_rejects_an_unhashable_quality_as_malformed(quality: Any) -> None:
     payload = msgpack.packb({"v": 1, "seq": 1, "samples": [["L-1", "level", 1, 1.0, quality]]})
     with pytest.raises(WireError, match="sample 0"):
         wire.decode_data(payload)
+
+
+async def test_database_locked_mid_ingest_is_retried_not_lost(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Another process holds the database's write lock past SQLite's 5 s busy timeout: the
+    transaction fails, is retried, nothing is acked before it is stored, nothing is lost."""
+    settings = _settings(tmp_path, mosquitto)
+    hub = await start_hub(settings)
+    db_file = settings.data_dir / "citynerve.db"
+    base = _now()
+
+    def msg(seq: int) -> bytes:
+        return encode_data(Data(seq=seq, samples=[("LK-1", "v", base + seq, float(seq), "good")]))
+
+    try:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="gw-lock") as c:
+            await c.publish(TOPICS.gateway("gw-lock", Kind.DATA), msg(0), qos=1)
+
+            async def counter(name: str, n: int) -> bool:
+                _, st = await hub.get("/stats")
+                return int(st["counters"].get(name, 0)) >= n
+
+            await eventually(lambda: counter("stored.data", 1), 30)
+            locker = sqlite3.connect(db_file, timeout=30, isolation_level=None)
+            try:
+                locker.execute("BEGIN EXCLUSIVE")
+                for seq in range(1, 41):
+                    await c.publish(TOPICS.gateway("gw-lock", Kind.DATA), msg(seq), qos=1)
+                await eventually(lambda: counter("errors.store", 1), 30)
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            await eventually(lambda: counter("stored.data", 41), 30)
+        _, hist = await hub.get("/telemetry", device="LK-1", point="v", **{"from": "0"})
+        stored = [i["ts_ms"] - base for i in hist["items"]]
+        _, st = await hub.get("/stats")
+        msg_ = f"{report(set(range(41)), stored)}; counters {st['counters']}"
+        assert sorted(stored) == list(range(41)), msg_
+        assert st["counters"].get("errors.poison", 0) == 0, msg_
+        _, g = await hub.get("/gateways/gw-lock")
+        assert g["open_gaps"] == 0 and g["last_seq"] == 40, msg_
+    finally:
+        await hub.client.close()

@@ -14,6 +14,7 @@ import pytest
 from broker import Mosquitto
 from hubtest import Hub, _settings, eventually, start_hub
 
+from hub.api.openapi import openapi_document
 from hub.keys import STORAGE
 from hub.seqtrack import MAX_GAPS, SEQ_BLOCK, Gap, SeqTrack
 from wire import Data, Event, Kind, Status, Topics, encode_data, encode_event, encode_status
@@ -148,6 +149,13 @@ async def test_gaps_open_close_survive_restart_and_events_dedupe(
         _, lst = await hub.get("/gateways")
         [summary] = lst["items"]
         assert (summary["open_gaps"], summary["missing"]) == (2, 6)
+        # The OpenAPI document names exactly the fields served.
+        paths = openapi_document()["paths"]
+        list_schema = paths["/gateways"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert set(list_schema["properties"]["items"]["items"]["properties"]) == set(summary)
+        detail = paths["/gateways/{id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert {k for part in detail["allOf"] for k in part["properties"]} == set(g)
+        assert set(detail["allOf"][1]["properties"]["replay"]["properties"]) == set(g["replay"])
         assert (await stats(hub))["counters"]["duplicate.event"] == 1
     finally:
         await hub.client.close()
