@@ -240,9 +240,13 @@ async def run(quick: bool, src: Path | None = None) -> dict[str, Any]:
 
 def main() -> int:
     """Run, print a table, optionally save JSON; exit 1 if anything was lost or duplicated."""
+    global SAMPLES_PER_MSG
     p = _common.parser(__doc__)
     p.add_argument("--hub-src", type=Path, help="run the hub from this source tree instead (compare versions)")
+    p.add_argument("--samples", type=int, default=SAMPLES_PER_MSG,
+                   help=f"samples (lamps) per message, default {SAMPLES_PER_MSG}")
     args = p.parse_args()
+    SAMPLES_PER_MSG = args.samples
     logging.getLogger("mqtt").setLevel(logging.ERROR)  # aiomqtt's "pending publish calls" notes
     r = asyncio.run(run(args.quick, args.hub_src))
     print(_common.table(["phase", "messages", "s", "msgs/s", "x steady", "hub RSS peak MB"], [
