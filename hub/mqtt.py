@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -204,48 +205,39 @@ class MqttLink:
                     self._protocol_known = True
                     self._generation += 1
                     self._client = client
-                    for kind in EDGE_PUBLISHES:
-                        await client.subscribe(self.topics.all_gateways(kind), qos=1)
-                    await client.publish(
-                        self.topics.hub_status(),
-                        encode_status(Status(online=True, ts_ms=int(time.time() * 1000))),
-                        qos=1,
-                        retain=True,
-                    )
-                    self.connected.set()
-                    attempt = 0
-                    if failing:
-                        log.info("broker %s:%d: recovered", self._s.host, self._s.port)
-                    else:
-                        log.info(
-                            "broker %s:%d: connected as %s (user %s, MQTT %s)",
-                            self._s.host,
-                            self._s.port,
-                            self._s.client_id,
-                            self._s.username or "-",
-                            self.protocol,
+                    # Consume before subscribing: a persistent session's backlog arrives right
+                    # after CONNACK, and once the reader pauses on it the SUBACK could never be
+                    # read if nobody took messages yet.
+                    consumer = asyncio.create_task(self._consume(client, self._generation),
+                                                   name="hub-mqtt-consume")
+                    try:
+                        for kind in EDGE_PUBLISHES:
+                            await client.subscribe(self.topics.all_gateways(kind), qos=1)
+                        await client.publish(
+                            self.topics.hub_status(),
+                            encode_status(Status(online=True, ts_ms=int(time.time() * 1000))),
+                            qos=1,
+                            retain=True,
                         )
-                    failing = False
-                    gen = self._generation
-                    messages = client.messages
-                    queue = self._queue
-                    pause_at, resume_at = self._pause_at, self._resume_at
-                    async for m in messages:
-                        topic = str(m.topic)
-                        await queue.put(
-                            Incoming(topic, bytes(m.payload), m.mid, m.qos, gen,  # type: ignore[arg-type]
-                                     int(time.time() * 1000))
-                        )
-                        if topic.endswith("/ack"):
-                            self.urgent.set()
-                        waiting = len(messages)
-                        held = waiting + queue.qsize()
-                        if held > self.backlog_peak:
-                            self.backlog_peak = held
-                        if waiting >= pause_at:
-                            self._pause()
-                        elif waiting <= resume_at and self.paused:
-                            self._resume()
+                        self.connected.set()
+                        attempt = 0
+                        if failing:
+                            log.info("broker %s:%d: recovered", self._s.host, self._s.port)
+                        else:
+                            log.info(
+                                "broker %s:%d: connected as %s (user %s, MQTT %s)",
+                                self._s.host,
+                                self._s.port,
+                                self._s.client_id,
+                                self._s.username or "-",
+                                self.protocol,
+                            )
+                        failing = False
+                        await consumer
+                    finally:
+                        consumer.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await consumer
             except aiomqtt.MqttCodeError as err:
                 if self._v5 and getattr(err.rc, "value", err.rc) in _UNSUPPORTED_PROTOCOL:
                     log.warning("broker refuses MQTT 5; falling back to MQTT 3.1.1")
@@ -269,6 +261,28 @@ class MqttLink:
             self._counters.inc("mqtt.reconnects")
             await asyncio.sleep(_backoff(attempt))
             attempt += 1
+
+    async def _consume(self, client: aiomqtt.Client, gen: int) -> None:
+        """Move received messages into the ingest queue; pause/resume the socket reader."""
+        messages = client.messages
+        queue = self._queue
+        pause_at, resume_at = self._pause_at, self._resume_at
+        async for m in messages:
+            topic = str(m.topic)
+            await queue.put(
+                Incoming(topic, bytes(m.payload), m.mid, m.qos, gen,  # type: ignore[arg-type]
+                         int(time.time() * 1000))
+            )
+            if topic.endswith("/ack"):
+                self.urgent.set()
+            waiting = len(messages)
+            held = waiting + queue.qsize()
+            if held > self.backlog_peak:
+                self.backlog_peak = held
+            if waiting >= pause_at:
+                self._pause()
+            elif waiting <= resume_at and self.paused:
+                self._resume()
 
     def _lost(self, err: Exception, failing: bool) -> bool:
         if not failing:

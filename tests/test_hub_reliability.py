@@ -264,3 +264,25 @@ async def test_burst_is_absorbed_with_bounded_queues(tmp_path: Path, mosquitto: 
         assert all(g["open_gaps"] == 0 for g in lst["items"])
     finally:
         await hub.client.close()
+
+
+async def test_backlog_larger_than_the_queues_at_connect(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The broker floods a returning hub with its session's backlog before SUBACK: the hub must
+    still finish connecting (the reader may not pause before anyone consumes) and store all."""
+    settings = _settings(tmp_path, mosquitto, ingest={"batch_interval_ms": 0, "queue_max": 20})
+    hub = await start_hub(settings)
+    await hub.client.close()
+    n = 600
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=GW,
+                              max_inflight_messages=100) as c:
+        await asyncio.gather(*(pub(c, Kind.DATA, data(s)) for s in range(n)))
+    hub = await start_hub(settings, connect_timeout=30)
+    try:
+        await wait_counter(hub, "stored.data", n, timeout=60)
+        st = await stats(hub)
+        stored = st["counters"]["stored.data"]
+        assert stored == n and await hub.app[STORAGE].count_samples() == n, (
+            f"sent {n} stored {stored} duplicated {st['counters'].get('duplicate.data', 0)}")
+        assert st["ingest_queue_peak"] <= st["ingest_queue_bound"], st
+    finally:
+        await hub.client.close()
