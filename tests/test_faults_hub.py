@@ -221,6 +221,9 @@ async def test_hub_killed_mid_ingest_loses_and_duplicates_nothing(
 # -- fuzz: random and mutated payloads on every subscribed topic ----------------------------------
 
 FUZZ_GWS = ("gw-fz1", "gw-fz2")
+# The device of the valid messages sent after the fuzz: no byte flip of "F-1" can produce it
+# (a flip once turned "F-1" into "V-1", which a fuzzed gateway then owned).
+AFTER = "VALID-AFTER-FUZZ"
 _VALID: dict[Kind, Callable[[random.Random], bytes]] = {
     Kind.STATUS: lambda r: encode_status(Status(online=r.random() < 0.5, session=r.randrange(5))),
     Kind.BIRTH: lambda r: encode_birth(Birth(session=1, software_version="f", config_hash="h", ts_ms=1,
@@ -326,13 +329,19 @@ async def _fuzz(tmp_path: Path, mosquitto: Mosquitto, seconds: float, seed: int)
             async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="gw-after") as ok:
                 for seq in range(20):
                     await ok.publish(TOPICS.gateway("gw-after", Kind.DATA), encode_data(Data(
-                        seq=seq, samples=[("V-1", "level", 5_000 + seq, float(seq), "good")])), qos=1)
+                        seq=seq, samples=[(AFTER, "level", 5_000 + seq, float(seq), "good")])), qos=1)
 
                 async def valid_stored() -> bool:
-                    _, pts = await hub.get("/devices/V-1/points")
+                    _, pts = await hub.get(f"/devices/{AFTER}/points")
                     return bool(pts.get("items")) and pts["items"][0]["ts_ms"] == 5_019
 
-                await eventually(valid_stored, 60)
+                try:
+                    await eventually(valid_stored, 60)
+                except AssertionError:
+                    _, st = await hub.get("/stats")
+                    tasks = {t.get_name(): t.done() for t in asyncio.all_tasks()}
+                    raise AssertionError(f"seed {seed}: valid messages after the fuzz not stored: "
+                                         f"stats {st}; tasks done {tasks}") from None
         def accounting(cn: dict[str, int]) -> dict[str, tuple[int, int, int]]:
             """Per kind: (applied, refused, received), the 20 valid messages left out."""
             applied = {
@@ -352,7 +361,7 @@ async def _fuzz(tmp_path: Path, mosquitto: Mosquitto, seconds: float, seed: int)
             await eventually(balanced, 30)  # the last transaction may still be committing
         _, st = await hub.get("/stats")
         cn = st["counters"]
-        _, hist = await hub.get("/telemetry", device="V-1", point="level", **{"from": "0", "to": "6000"})
+        _, hist = await hub.get("/telemetry", device=AFTER, point="level", **{"from": "0", "to": "6000"})
         stored_after = [i["ts_ms"] - 5_000 for i in hist["items"]]
         msg = f"seed {seed}: sent {sent}; wire rejects {rejects}; counters {cn}; after the fuzz: " + report(
             set(range(20)), stored_after)
