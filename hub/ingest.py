@@ -46,6 +46,8 @@ LATEST_FLUSH_S = 1.0
 # after this many attempts its messages are stored one by one to find a poisonous one.
 STORE_ATTEMPTS = 4
 RETRY_MAX_S = 5.0
+# How long a graceful shutdown waits for the transaction in flight.
+SHUTDOWN_WAIT_S = 10.0
 
 
 def now_ms() -> int:
@@ -178,9 +180,13 @@ class IngestWriter:
 
     async def _barrier(self) -> None:
         """Wait until the in-flight store transaction (if any) is done."""
-        task, self._inflight = self._inflight, None
+        task = self._inflight
         if task is not None:
-            await task
+            # Shielded: cancelling the writer (shutdown) must not cut a transaction in half;
+            # flush_latest() waits for it instead.
+            await asyncio.shield(task)
+            if self._inflight is task:
+                self._inflight = None
 
     async def _launch(self, pending: _Pending, batch: list[Incoming] | None) -> None:
         """Start storing ``pending``; ack ``batch`` once it is committed."""
@@ -346,11 +352,17 @@ class IngestWriter:
     async def flush_latest(self) -> None:
         """Finish the in-flight store, write latest values through to the point table (shutdown)."""
         with contextlib.suppress(Exception, asyncio.CancelledError):
-            await self._barrier()
+            await asyncio.wait_for(self._barrier(), SHUTDOWN_WAIT_S)
         if self._dirty or self._seen:
-            async with self._storage.ingest_tx() as tx:
-                await tx.update_latest(self._latest_rows())
-                await tx.update_last_seen(self._seen_rows())
+            try:
+                async with self._storage.ingest_tx() as tx:
+                    await tx.update_latest(self._latest_rows())
+                    await tx.update_last_seen(self._seen_rows())
+            except Exception as err:
+                # Only the table copy of the latest values (samples are stored): a restart
+                # shows latest values up to a second older. Not worth failing the shutdown.
+                log.warning("latest values of %d points not written at shutdown: %s", len(self._dirty), err)
+                return
             self._dirty.clear()
             self._seen.clear()
 
@@ -424,51 +436,58 @@ class IngestWriter:
         for gw, ev in p.events:
             seqs.setdefault(gw.id, []).append(ev.seq)
         count = self._counters.inc
-        async with self._storage.ingest_tx() as tx:
-            fresh = await tx.claim_many(seqs)
-            gaps, opened = self._gap_updates(p, fresh)
-            await tx.replace_gaps({gid: [(g.lo, g.hi, g.opened_ms, g.restart) for g in gs]
-                                   for gid, (_, gs) in gaps.items()})
-            samples: list[SampleRow] = []
-            stored = dup = 0
-            for gw, seq, rows in p.rows:
-                new = fresh[gw.id]
-                if seq in new:
-                    new.discard(seq)
-                    samples.extend(rows)
-                    stored += 1
-                else:
-                    dup += 1
-            events: list[EventRow] = []
-            dup_ev = 0
-            for gw, ev in p.events:
-                new = fresh[gw.id]
-                if ev.seq in new:
-                    new.discard(ev.seq)
-                    events.append(
-                        EventRow(
-                            gw.id,
-                            ev.seq,
-                            ev.ts_ms,
-                            ev.device,
-                            ev.kind,
-                            ev.active,
-                            ev.severity,
-                            ev.point,
-                            ev.detail,
+        # advance() moves these two flags; a failed transaction must leave them as they were.
+        flags = [(gw, gw.track.restart_pending, gw.track.forgotten) for gw, _, _ in p.arrivals]
+        try:
+            async with self._storage.ingest_tx() as tx:
+                fresh = await tx.claim_many(seqs)
+                gaps, opened = self._gap_updates(p, fresh)
+                await tx.replace_gaps({gid: [(g.lo, g.hi, g.opened_ms, g.restart) for g in gs]
+                                       for gid, (_, gs) in gaps.items()})
+                samples: list[SampleRow] = []
+                stored = dup = 0
+                for gw, seq, rows in p.rows:
+                    new = fresh[gw.id]
+                    if seq in new:
+                        new.discard(seq)
+                        samples.extend(rows)
+                        stored += 1
+                    else:
+                        dup += 1
+                events: list[EventRow] = []
+                dup_ev = 0
+                for gw, ev in p.events:
+                    new = fresh[gw.id]
+                    if ev.seq in new:
+                        new.discard(ev.seq)
+                        events.append(
+                            EventRow(
+                                gw.id,
+                                ev.seq,
+                                ev.ts_ms,
+                                ev.device,
+                                ev.kind,
+                                ev.active,
+                                ev.severity,
+                                ev.point,
+                                ev.detail,
+                            )
                         )
-                    )
-                else:
-                    dup_ev += 1
-            await tx.insert_samples(samples)
-            await tx.insert_events(events)
-            self._dirty.update(p.touched)
-            if time.monotonic() - self._latest_flushed >= LATEST_FLUSH_S:
-                await tx.update_latest(self._latest_rows())
-                await tx.update_last_seen(self._seen_rows())
-                self._dirty.clear()
-                self._seen.clear()
-                self._latest_flushed = time.monotonic()
+                    else:
+                        dup_ev += 1
+                await tx.insert_samples(samples)
+                await tx.insert_events(events)
+                self._dirty.update(p.touched)
+                if time.monotonic() - self._latest_flushed >= LATEST_FLUSH_S:
+                    await tx.update_latest(self._latest_rows())
+                    await tx.update_last_seen(self._seen_rows())
+                    self._dirty.clear()
+                    self._seen.clear()
+                    self._latest_flushed = time.monotonic()
+        except BaseException:
+            for gw, restart_pending, forgotten in flags:
+                gw.track.restart_pending, gw.track.forgotten = restart_pending, forgotten
+            raise
         # Committed: now the in-memory view may move (a failed transaction left it as it was).
         for gw, gs in gaps.values():
             gw.track.gaps = gs
