@@ -450,7 +450,8 @@ def test_wire_rejects_an_unhashable_quality_as_malformed(quality: Any) -> None:
 
 async def test_database_locked_mid_ingest_is_retried_not_lost(tmp_path: Path, mosquitto: Mosquitto) -> None:
     """Another process holds the database's write lock past SQLite's 5 s busy timeout: the
-    transaction fails, is retried, nothing is acked before it is stored, nothing is lost."""
+    transaction fails and is retried, the command sweep fails and lives on, nothing is acked
+    before it is stored, nothing is lost."""
     settings = _settings(tmp_path, mosquitto)
     hub = await start_hub(settings)
     db_file = settings.data_dir / "citynerve.db"
@@ -474,6 +475,8 @@ async def test_database_locked_mid_ingest_is_retried_not_lost(tmp_path: Path, mo
                 for seq in range(1, 41):
                     await c.publish(TOPICS.gateway("gw-lock", Kind.DATA), msg(seq), qos=1)
                 await eventually(lambda: counter("errors.store", 1), 30)
+                # Held until the command sweep fails too (after SQLite's 5 s busy timeout).
+                await eventually(lambda: counter("errors.sweep", 1), 30)
             finally:
                 locker.execute("ROLLBACK")
                 locker.close()
@@ -486,5 +489,8 @@ async def test_database_locked_mid_ingest_is_retried_not_lost(tmp_path: Path, mo
         assert st["counters"].get("errors.poison", 0) == 0, msg_
         _, g = await hub.get("/gateways/gw-lock")
         assert g["open_gaps"] == 0 and g["last_seq"] == 40, msg_
+        # The command expiry sweep (every 0.1 s here) met the lock too and lives on.
+        sweep = [t for t in asyncio.all_tasks() if t.get_name() == "hub-command-sweep"]
+        assert sweep and not sweep[0].done(), msg_
     finally:
         await hub.client.close()
