@@ -4,6 +4,7 @@ across restarts, and bounded memory under a burst. Real Mosquitto, real SQLite, 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,8 @@ import aiomqtt
 import pytest
 from broker import Mosquitto
 from hubtest import Hub, _settings, eventually, start_hub
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hub.api.openapi import openapi_document
 from hub.keys import STORAGE
@@ -98,6 +101,22 @@ def test_gap_table(seqs: list[int], gaps: list[tuple[int, int]], last: int) -> N
     for s in seqs:
         cur, _ = t.advance(work, cur, s, 0)
     assert [(g.lo, g.hi) for g in work] == gaps and cur == last
+
+
+@given(st.lists(st.integers(min_value=0, max_value=200), min_size=1, max_size=120, unique=True))
+def test_gaps_are_exactly_the_numbers_never_seen(seqs: list[int]) -> None:
+    # Reference model: after the first seq seen, every number up to the highest seen that has
+    # not arrived is missing (numbers below the first are unknown to the hub).
+    t = SeqTrack()
+    work: list[Gap] = []
+    last: int | None = None
+    for s in seqs:
+        last, _ = t.advance(work, last, s, 0)
+    first = seqs[0]
+    missing = set(range(first, max(seqs) + 1)) - set(seqs)
+    assert {n for g in work for n in range(g.lo, g.hi + 1)} == missing
+    assert all(a.hi + 1 < b.lo for a, b in itertools.pairwise(work))  # sorted, disjoint, apart
+    assert last == max(seqs)
 
 
 def test_restart_skip_is_not_an_open_gap_and_gaps_are_bounded() -> None:
