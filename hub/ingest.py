@@ -290,7 +290,21 @@ class IngestWriter:
             if stamps:
                 _check_int64("sample ts_ms", min(stamps), max(stamps))  # type: ignore[type-var]
             gw = await self._gateway(gw_name)
-            await self._rows(gw, data, pending)
+            for attempt in range(1, STORE_ATTEMPTS + 1):
+                try:
+                    # Rerunnable: rows are added to pending only at its end, and live state
+                    # updates are the same the second time.
+                    await self._rows(gw, data, pending)
+                    break
+                except WireError:
+                    raise
+                except Exception:
+                    # Creating an undeclared device/point failed (database): a transient
+                    # failure must not drop the message; a lasting one must not stall ingest.
+                    if attempt == STORE_ATTEMPTS:
+                        raise
+                    self._counters.inc("errors.store")
+                    await asyncio.sleep(min(RETRY_MAX_S, 0.1 * 2**attempt))
             pending.arrivals.append((gw, data.seq, rx))
             self._seen_at(gw, rx)
             if data.historical:
