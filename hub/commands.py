@@ -137,9 +137,23 @@ class Dispatcher:
 
     async def sweep(self) -> None:
         """Mark pending commands past their expiry as expired, every sweep interval."""
+        failing = False
         while True:
-            n = await self._storage.expire_commands(_now_ms())
-            if n:
-                self._counters.inc("commands.expired", n)
-                log.info("%d command(s) expired without ack", n)
+            try:
+                n = await self._storage.expire_commands(_now_ms())
+            except Exception:
+                # A locked or failing database must not end the sweep for good (found by
+                # tests/test_faults_hub.py): count, log the first failure, try again next time.
+                self._counters.inc("errors.sweep")
+                if not failing:
+                    log.exception("command expiry sweep failed; retrying every %.1f s",
+                                  self._s.sweep_interval_s)
+                failing = True
+            else:
+                if failing:
+                    log.info("command expiry sweep recovered")
+                failing = False
+                if n:
+                    self._counters.inc("commands.expired", n)
+                    log.info("%d command(s) expired without ack", n)
             await asyncio.sleep(self._s.sweep_interval_s)

@@ -56,6 +56,8 @@ class IngestSettings(_Model):
     queue_max: int = Field(default=1000, ge=1, le=65535)
     batch_max_samples: int = Field(default=20000, ge=1)
     batch_interval_ms: int = Field(default=50, ge=0, le=10000)
+    # A gateway whose clock is further than this from the hub's is flagged (API, log, counter).
+    clock_skew_max_ms: int = Field(default=5000, ge=1)
 
 
 class CommandSettings(_Model):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -24,6 +27,8 @@ BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 # MQTT 5 CONNACK 0x84 / MQTT 3.1.1 CONNACK 1: unsupported protocol version.
 _UNSUPPORTED_PROTOCOL = {1, 0x84}
+# Packets one paho loop_read() may decode past the pause mark (it reads len(out + in) packets).
+READ_SLACK = 16
 
 
 class BrokerUnavailable(Exception):
@@ -39,6 +44,7 @@ class Incoming:
     mid: int
     qos: int
     conn: int  # connection generation: acks only go back on the connection that received it
+    rx_ms: int = 0  # wall clock when the hub read it off the socket (clock-skew estimate)
 
 
 def _backoff(attempt: int) -> float:
@@ -71,6 +77,28 @@ class MqttLink:
         # Until one connection succeeds we do not know whether the broker speaks MQTT 5:
         # some brokers (amqtt) never answer an MQTT 5 CONNECT instead of refusing it.
         self._protocol_known = settings.protocol != "5"
+        # Back-pressure on the socket: when aiomqtt's (unbounded, see _make_client) queue holds
+        # ``_pause_at`` messages the socket reader is removed from the event loop, so paho reads
+        # nothing more and TCP flow control holds the rest in the broker; it is put back at
+        # ``_resume_at``. Memory is bounded whatever the broker does with Receive Maximum.
+        self._pause_at = max(1, self._queue.maxsize)
+        self._resume_at = self._pause_at // 2
+        self._fd: int | None = None
+        self._reader: Callable[[], None] | None = None
+        self.paused = False
+        self.backlog_peak = 0  # most messages held unacked in the hub's two queues at once
+
+    @property
+    def backlog_bound(self) -> int:
+        """The most messages the two queues can hold: reading stops at ``_pause_at`` in aiomqtt's
+        (give or take the packets of one socket read) and ours holds ``queue_max``."""
+        return self._pause_at + self._queue.maxsize + READ_SLACK
+
+    @property
+    def backlog(self) -> int:
+        """Messages received and not yet taken by the ingest writer (both queues)."""
+        client = self._client
+        return self._queue.qsize() + (len(client.messages) if client is not None else 0)
 
     def _make_client(self) -> aiomqtt.Client:
         s = self._s
@@ -83,10 +111,10 @@ class MqttLink:
             "identifier": s.client_id,
             "keepalive": s.keepalive_s,
             "will": will,
-            # Unbounded on purpose: with manual acks a message aiomqtt discards is never acked,
-            # its Receive Maximum slot leaks and ingest stalls until a reconnect. Mosquitto 2.0.11
-            # (Debian 12) sends past Receive Maximum once acks flow, so the bound is the broker's
-            # flow control; run() warns when a broker overshoots it.
+            # Not bounded here: with manual acks a message aiomqtt discards is never acked, its
+            # Receive Maximum slot leaks and ingest stalls until a reconnect; and Mosquitto 2.0.11
+            # (Debian 12) sends past Receive Maximum once acks flow. The bound is ours instead:
+            # the reader stops reading the socket while this queue holds queue_max messages.
             "max_queued_incoming_messages": 0,
             "logger": logging.getLogger("hub.mqtt.client"),
             # Commands and acks are tiny: send them now, not after Nagle's delayed-ACK wait.
@@ -112,7 +140,59 @@ class MqttLink:
             )
         # Ack QoS 1 messages only once they are stored (at-least-once; ingest is idempotent).
         client._client.manual_ack_set(True)
+        self._own_reader(client)
         return client
+
+    def _own_reader(self, client: aiomqtt.Client) -> None:
+        """Take over the socket's read callback so that ``_pause``/``_resume`` can toggle it.
+
+        aiomqtt registers a reader that calls paho's ``loop_read`` for as long as the socket is
+        open; there is no option to stop reading. We register the same callback (its own, minus
+        the TLS ``pending()`` loop: we speak plain TCP) under our control, after aiomqtt's.
+        """
+        paho = client._client
+        loop = asyncio.get_running_loop()
+        aiomqtt_open = paho.on_socket_open
+        messages = client.messages
+        pause_at = self._pause_at
+
+        def read() -> None:
+            try:
+                paho.loop_read()
+            except Exception as exc:  # a broken socket: handled as aiomqtt does
+                disconnected = client._disconnected
+                if not disconnected.done():
+                    disconnected.set_exception(exc)
+                return
+            # Checked here, not only where run() takes messages: run() may be blocked on a
+            # full ingest queue while the socket keeps delivering.
+            if len(messages) >= pause_at:
+                self._pause()
+
+        def adopt(fd: int) -> None:
+            # Runs on the loop after aiomqtt's add_reader (call_soon_threadsafe keeps order).
+            self._fd, self._reader, self.paused = fd, read, False
+            loop.remove_reader(fd)
+            loop.add_reader(fd, read)
+
+        def opened(c: Any, userdata: Any, sock: Any) -> None:
+            aiomqtt_open(c, userdata, sock)  # type: ignore[misc]
+            loop.call_soon_threadsafe(adopt, sock.fileno())
+
+        paho.on_socket_open = opened
+
+    def _pause(self) -> None:
+        if self.paused or self._fd is None:
+            return
+        asyncio.get_running_loop().remove_reader(self._fd)
+        self.paused = True
+        self._counters.inc("mqtt.reader_paused")
+
+    def _resume(self) -> None:
+        if not self.paused or self._fd is None or self._reader is None:
+            return
+        asyncio.get_running_loop().add_reader(self._fd, self._reader)
+        self.paused = False
 
     async def run(self) -> None:
         """Connect, subscribe and receive until cancelled; reconnect with backoff."""
@@ -125,47 +205,39 @@ class MqttLink:
                     self._protocol_known = True
                     self._generation += 1
                     self._client = client
-                    for kind in EDGE_PUBLISHES:
-                        await client.subscribe(self.topics.all_gateways(kind), qos=1)
-                    await client.publish(
-                        self.topics.hub_status(),
-                        encode_status(Status(online=True, ts_ms=int(time.time() * 1000))),
-                        qos=1,
-                        retain=True,
-                    )
-                    self.connected.set()
-                    attempt = 0
-                    if failing:
-                        log.info("broker %s:%d: recovered", self._s.host, self._s.port)
-                    else:
-                        log.info(
-                            "broker %s:%d: connected as %s (user %s, MQTT %s)",
-                            self._s.host,
-                            self._s.port,
-                            self._s.client_id,
-                            self._s.username or "-",
-                            self.protocol,
+                    # Consume before subscribing: a persistent session's backlog arrives right
+                    # after CONNACK, and once the reader pauses on it the SUBACK could never be
+                    # read if nobody took messages yet.
+                    consumer = asyncio.create_task(self._consume(client, self._generation),
+                                                   name="hub-mqtt-consume")
+                    try:
+                        for kind in EDGE_PUBLISHES:
+                            await client.subscribe(self.topics.all_gateways(kind), qos=1)
+                        await client.publish(
+                            self.topics.hub_status(),
+                            encode_status(Status(online=True, ts_ms=int(time.time() * 1000))),
+                            qos=1,
+                            retain=True,
                         )
-                    failing = False
-                    gen = self._generation
-                    messages = client.messages
-                    window = self._queue.maxsize
-                    overshoot_warned = False
-                    async for m in messages:
-                        topic = str(m.topic)
-                        await self._queue.put(
-                            Incoming(topic, bytes(m.payload), m.mid, m.qos, gen)  # type: ignore[arg-type]
-                        )
-                        if topic.endswith("/ack"):
-                            self.urgent.set()
-                        if not overshoot_warned and len(messages) > window:
-                            overshoot_warned = True
-                            self._counters.inc("mqtt.receive_maximum_exceeded")
-                            log.warning(
-                                "broker %s:%d sends beyond Receive Maximum %d (%d messages "
-                                "waiting); buffering them (known Mosquitto 2.0.x behaviour)",
-                                self._s.host, self._s.port, window, len(messages) + window,
+                        self.connected.set()
+                        attempt = 0
+                        if failing:
+                            log.info("broker %s:%d: recovered", self._s.host, self._s.port)
+                        else:
+                            log.info(
+                                "broker %s:%d: connected as %s (user %s, MQTT %s)",
+                                self._s.host,
+                                self._s.port,
+                                self._s.client_id,
+                                self._s.username or "-",
+                                self.protocol,
                             )
+                        failing = False
+                        await consumer
+                    finally:
+                        consumer.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await consumer
             except aiomqtt.MqttCodeError as err:
                 if self._v5 and getattr(err.rc, "value", err.rc) in _UNSUPPORTED_PROTOCOL:
                     log.warning("broker refuses MQTT 5; falling back to MQTT 3.1.1")
@@ -183,10 +255,34 @@ class MqttLink:
                     )
             finally:
                 self._client = None
+                self._fd = self._reader = None
+                self.paused = False
                 self.connected.clear()
             self._counters.inc("mqtt.reconnects")
             await asyncio.sleep(_backoff(attempt))
             attempt += 1
+
+    async def _consume(self, client: aiomqtt.Client, gen: int) -> None:
+        """Move received messages into the ingest queue; pause/resume the socket reader."""
+        messages = client.messages
+        queue = self._queue
+        pause_at, resume_at = self._pause_at, self._resume_at
+        async for m in messages:
+            topic = str(m.topic)
+            await queue.put(
+                Incoming(topic, bytes(m.payload), m.mid, m.qos, gen,  # type: ignore[arg-type]
+                         int(time.time() * 1000))
+            )
+            if topic.endswith("/ack"):
+                self.urgent.set()
+            waiting = len(messages)
+            held = waiting + queue.qsize()
+            if held > self.backlog_peak:
+                self.backlog_peak = held
+            if waiting >= pause_at:
+                self._pause()
+            elif waiting <= resume_at and self.paused:
+                self._resume()
 
     def _lost(self, err: Exception, failing: bool) -> bool:
         if not failing:

@@ -12,6 +12,7 @@ from typing import Any
 from wire import Birth, PointType, Value
 
 from .counters import Counters
+from .seqtrack import Gap, SeqTrack
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class GatewayState:
     sw_version: str = ""
     config_hash: str = ""
     last_seq: int | None = None
+    track: SeqTrack = field(default_factory=SeqTrack)
 
 
 def _as_float(v: Value) -> float | None:
@@ -108,10 +110,17 @@ class Registry:
         for p in pts:
             dev = self.devices_by_id[p["device_id"]]
             dev.points[p["name"]] = PointState(**p)
+        gaps = await self._storage.load_gaps()
+        for gid, lo, hi, opened_ms, restart in gaps:
+            gw = self.gateways_by_id.get(gid)
+            if gw is not None:
+                gw.track.gaps.append(Gap(lo, hi, opened_ms, restart))
         log.info(
             "registry loaded: %d gateways, %d devices, %d points",
             len(gws), len(devs), len(pts),
         )
+        if gaps:
+            log.info("registry: %d open seq gaps loaded", len(gaps))
 
     def _add_gateway(self, g: GatewayState) -> None:
         self.gateways[g.name] = g
@@ -137,6 +146,7 @@ class Registry:
     async def set_status(self, gw: GatewayState, online: bool, session: int, now_ms: int) -> None:
         """Record a gateway's online/offline status."""
         changed = gw.online != online or gw.session != session
+        self._new_session(gw, session)
         gw.online, gw.session, gw.last_seen_ms = online, session, now_ms
         await self._storage.update_gateway(
             gw.id, online=online, session=session, last_seen_ms=now_ms
@@ -144,8 +154,15 @@ class Registry:
         if changed:
             log.info("gateway %s: %s (session %d)", gw.name, "online" if online else "offline", session)
 
+    @staticmethod
+    def _new_session(gw: GatewayState, session: int) -> None:
+        # The gateway restarted: its first seq jump is the rest of a reserved block, not a loss.
+        if session != gw.session and gw.last_seq is not None:
+            gw.track.restart_pending = True
+
     async def apply_birth(self, gw: GatewayState, birth: Birth, now_ms: int) -> None:
         """Upsert the gateway's devices and points; devices owned by another gateway are refused."""
+        self._new_session(gw, birth.session)
         gw.sw_version, gw.config_hash, gw.last_seen_ms = (
             birth.software_version, birth.config_hash, now_ms,
         )

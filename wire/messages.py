@@ -374,6 +374,7 @@ def decode_data(payload: bytes) -> Data:
             or type(s[1]) is not str
             or type(s[2]) is not int
             or type(s[3]) not in values
+            or type(s[4]) is not str  # before the set lookup: a map or array is unhashable
             or s[4] not in qualities
         ):
             raise WireError(f"data seq {seq}: sample {i} is not [device, point, ts_ms, value, quality]")

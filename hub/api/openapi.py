@@ -19,14 +19,16 @@ def _id(desc: str) -> dict[str, Any]:
 
 
 def _op(summary: str, role: str | None, ok: str = "200", params: list[dict[str, Any]] | None = None,
-        body: dict[str, Any] | None = None, errors: tuple[str, ...] = ()) -> dict[str, Any]:
+        body: dict[str, Any] | None = None, errors: tuple[str, ...] = (),
+        schema: dict[str, Any] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "x-required-role": role or "public",
         "parameters": params or [],
         "responses": {ok: {"description": "success",
                            **({} if ok == "204" else
-                              {"content": {"application/json": {"schema": {"type": "object"}}}})}},
+                              {"content": {"application/json": {
+                                  "schema": schema or {"type": "object"}}}})}},
     }
     if role is None:
         op["security"] = []
@@ -41,6 +43,46 @@ def _op(summary: str, role: str | None, ok: str = "200", params: list[dict[str, 
 
 
 _TIME = {"type": "string", "description": "ISO 8601 (UTC if no offset) or epoch milliseconds"}
+_ISO = {"type": ["string", "null"], "format": "date-time"}
+_MS = {"type": ["integer", "null"], "description": "epoch milliseconds"}
+
+
+def _obj(props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+_GATEWAY = _obj({
+    "id": {"type": "string"}, "online": {"type": "boolean", "description": "from its status messages"},
+    "session": {"type": "integer"}, "last_seen": _ISO,
+    "last_seen_ms": {**_MS, "description": "hub time of the last message of any kind"},
+    "sw_version": {"type": "string"}, "config_hash": {"type": "string"},
+    "last_seq": {"type": ["integer", "null"], "description": "highest seq stored"},
+    "devices": {"type": "integer"},
+    "open_gaps": {"type": "integer",
+                  "description": "ranges of seq never received (restart block skips excluded)"},
+    "missing": {"type": "integer", "description": "seq numbers in the open gaps"},
+    "replaying": {"type": "boolean", "description": "a historical message arrived in the last 10 s"},
+    "clock_offset_ms": {"type": ["integer", "null"], "description":
+                        "gateway clock minus hub clock, from live messages of the last 1-2 min"},
+    "clock_skew": {"type": "boolean", "description": "|clock_offset_ms| > ingest.clock_skew_max_ms"},
+})
+_GATEWAY_DETAIL = {
+    "allOf": [_GATEWAY, _obj({
+        "device_ids": {"type": "array", "items": {"type": "string"}},
+        "gaps": {"type": "array", "description": "the newest 50 open gaps, oldest first",
+                 "items": _obj({"from_seq": {"type": "integer"}, "to_seq": {"type": "integer"},
+                                "missing": {"type": "integer"}, "opened": _ISO, "opened_ms": _MS})},
+        "restart_skips": {"type": "integer",
+                          "description": "seq ranges skipped at a gateway restart (never used)"},
+        "gaps_forgotten": {"type": "integer", "description": "oldest gaps dropped beyond 1000 per gateway"},
+        "replay": _obj({
+            "messages_total": {"type": "integer", "description": "historical messages since hub start"},
+            "messages_recent": {"type": "integer", "description": "... in the last 1-2 minutes"},
+            "newest_ts": _ISO, "newest_ts_ms": {**_MS, "description": "newest sample time replayed"},
+            "last_received": _ISO, "last_received_ms": _MS}),
+        "clock_skew_max_ms": {"type": "integer"},
+    })],
+}
 _LIMIT = {"type": "integer", "minimum": 1}
 
 
@@ -67,10 +109,16 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/health": {"get": _op("Liveness and broker connection", None)},
             "/openapi.json": {"get": _op("This document", None)},
-            "/stats": {"get": _op("Ingest and command counters", "viewer")},
-            "/gateways": {"get": _op("List gateways", "viewer")},
-            "/gateways/{id}": {"get": _op("One gateway", "viewer", params=[_id("gateway id")],
-                                          errors=("404",))},
+            "/stats": {"get": _op("Ingest and command counters", "viewer", schema=_obj({
+                "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "ingest_queue": {"type": "integer", "description": "messages received, not yet taken"},
+                "ingest_queue_peak": {"type": "integer"}, "ingest_queue_bound": {"type": "integer"},
+                "mqtt_reader_paused": {"type": "boolean"}, "batches": {"type": "integer"}}))},
+            "/gateways": {"get": _op("List gateways: presence, seq gaps, replay, clock", "viewer",
+                                     schema=_obj({"items": {"type": "array", "items": _GATEWAY}}))},
+            "/gateways/{id}": {"get": _op("One gateway with its gaps, replay progress and clock",
+                                          "viewer", params=[_id("gateway id")], errors=("404",),
+                                          schema=_GATEWAY_DETAIL)},
             "/devices": {"get": _op("List devices", "viewer", params=[
                 _q("gateway", "only devices of this gateway"), _q("kind", "only this kind")])},
             "/devices/{id}": {"get": _op("One device with its points", "viewer",

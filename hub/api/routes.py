@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..commands import STATUSES
 from ..errors import ApiError
-from ..keys import COUNTERS, DISPATCHER, LINK, REGISTRY, STORAGE, WRITER
+from ..keys import COUNTERS, DISPATCHER, LINK, REGISTRY, SETTINGS, STORAGE, WRITER
 from ..registry import DeviceState, GatewayState, PointState
 from ..storage import quality_name
 from ..tokens import ROLES, create_token
@@ -39,13 +39,45 @@ def _json(data: Any, status: int = 200) -> web.Response:
 # -- representations ----------------------------------------------------------------------------
 
 
-def gateway_json(gw: GatewayState, devices: int) -> dict[str, Any]:
-    """A gateway as JSON."""
+GAPS_LISTED = 50
+REPLAY_ACTIVE_MS = 10_000
+
+
+def gateway_json(gw: GatewayState, devices: int, now_ms: int, skew_max_ms: int) -> dict[str, Any]:
+    """A gateway as JSON (the list's summary; the detail adds ranges, see gateway_detail)."""
+    t = gw.track
+    open_gaps = t.open_gaps()
+    offset = t.clock_offset_ms(now_ms)
     return {
         "id": gw.name, "online": gw.online, "session": gw.session,
         "last_seen": iso(gw.last_seen_ms), "last_seen_ms": gw.last_seen_ms,
         "sw_version": gw.sw_version, "config_hash": gw.config_hash, "last_seq": gw.last_seq,
         "devices": devices,
+        "open_gaps": len(open_gaps), "missing": sum(g.size for g in open_gaps),
+        "replaying": t.hist_last_rx_ms is not None and now_ms - t.hist_last_rx_ms < REPLAY_ACTIVE_MS,
+        "clock_offset_ms": offset,
+        "clock_skew": offset is not None and abs(offset) > skew_max_ms,
+    }
+
+
+def gateway_detail(gw: GatewayState, devices: list[str], now_ms: int, skew_max_ms: int) -> dict[str, Any]:
+    """One gateway with its seq gaps, replay progress and clock."""
+    t = gw.track
+    open_gaps = t.open_gaps()
+    return {
+        **gateway_json(gw, len(devices), now_ms, skew_max_ms),
+        "device_ids": devices,
+        "gaps": [{"from_seq": g.lo, "to_seq": g.hi, "missing": g.size, "opened": iso(g.opened_ms),
+                  "opened_ms": g.opened_ms} for g in open_gaps[-GAPS_LISTED:]],
+        "restart_skips": sum(g.restart for g in t.gaps),
+        "gaps_forgotten": t.forgotten,
+        "replay": {
+            "messages_total": t.hist_total,
+            "messages_recent": t.historical_recent(now_ms),
+            "newest_ts": iso(t.hist_newest_ts_ms), "newest_ts_ms": t.hist_newest_ts_ms,
+            "last_received": iso(t.hist_last_rx_ms), "last_received_ms": t.hist_last_rx_ms,
+        },
+        "clock_skew_max_ms": skew_max_ms,
     }
 
 
@@ -127,9 +159,13 @@ async def openapi(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     """Ingest and command counters."""
     app = request.app
+    link = app[LINK]
     return _json({
         "counters": app[COUNTERS].snapshot(),
-        "ingest_queue": app[LINK]._queue.qsize(),
+        "ingest_queue": link.backlog,
+        "ingest_queue_peak": link.backlog_peak,
+        "ingest_queue_bound": link.backlog_bound,
+        "mqtt_reader_paused": link.paused,
         "batches": app[WRITER].batches,
     })
 
@@ -142,20 +178,22 @@ async def gateways(request: web.Request) -> web.Response:
     counts: dict[int, int] = {}
     for d in reg.devices.values():
         counts[d.gateway_id] = counts.get(d.gateway_id, 0) + 1
-    return _json({"items": [gateway_json(g, counts.get(g.id, 0)) for g in reg.gateways.values()]})
+    now, skew = _now_ms(), request.app[SETTINGS].ingest.clock_skew_max_ms
+    return _json({"items": [gateway_json(g, counts.get(g.id, 0), now, skew)
+                            for g in reg.gateways.values()]})
 
 
 @routes.get(API_PREFIX + "/gateways/{id}")
 @needs("viewer")
 async def gateway(request: web.Request) -> web.Response:
-    """One gateway with the names of its devices."""
+    """One gateway with its devices, seq gaps, replay progress and clock offset."""
     reg = request.app[REGISTRY]
     name = request.match_info["id"]
     gw = reg.gateways.get(name)
     if gw is None:
         raise ApiError(404, "unknown_gateway", f"no gateway {name!r}")
     devs = sorted(d.name for d in reg.devices.values() if d.gateway_id == gw.id)
-    return _json({**gateway_json(gw, len(devs)), "device_ids": devs})
+    return _json(gateway_detail(gw, devs, _now_ms(), request.app[SETTINGS].ingest.clock_skew_max_ms))
 
 
 @routes.get(API_PREFIX + "/devices")

@@ -10,17 +10,24 @@ from __future__ import annotations
 from tortoise import fields
 from tortoise.models import Model
 
+# Column widths of names the gateways choose; ingest refuses longer ones as malformed
+# (hub/ingest.py) instead of letting the database refuse a whole batch.
+NAME_MAX = 64
+HASH_MAX = 128
+UNIT_MAX = 32
+SEVERITY_MAX = 16
+
 
 class Gateway(Model):
     """A cabinet gateway as last reported by its status and birth."""
 
     id = fields.IntField(primary_key=True)
-    name = fields.CharField(max_length=64, unique=True)
+    name = fields.CharField(max_length=NAME_MAX, unique=True)
     online = fields.BooleanField(default=False)
     session = fields.BigIntField(default=0)
     last_seen_ms = fields.BigIntField(null=True)
-    sw_version = fields.CharField(max_length=64, default="")
-    config_hash = fields.CharField(max_length=128, default="")
+    sw_version = fields.CharField(max_length=NAME_MAX, default="")
+    config_hash = fields.CharField(max_length=HASH_MAX, default="")
     last_seq = fields.BigIntField(null=True)
 
     class Meta:
@@ -31,12 +38,12 @@ class Device(Model):
     """A field device; its name is unique city-wide ("lamp L-0003")."""
 
     id = fields.IntField(primary_key=True)
-    name = fields.CharField(max_length=64, unique=True)
+    name = fields.CharField(max_length=NAME_MAX, unique=True)
     gateway: fields.ForeignKeyRelation[Gateway] = fields.ForeignKeyField(
         "models.Gateway", related_name="devices", on_delete=fields.CASCADE
     )
-    kind = fields.CharField(max_length=64, default="")
-    driver = fields.CharField(max_length=64, default="")
+    kind = fields.CharField(max_length=NAME_MAX, default="")
+    driver = fields.CharField(max_length=NAME_MAX, default="")
     declared = fields.BooleanField(default=True)
 
     class Meta:
@@ -50,9 +57,9 @@ class Point(Model):
     device: fields.ForeignKeyRelation[Device] = fields.ForeignKeyField(
         "models.Device", related_name="points", on_delete=fields.CASCADE
     )
-    name = fields.CharField(max_length=64)
+    name = fields.CharField(max_length=NAME_MAX)
     type = fields.CharField(max_length=8, default="float")
-    unit = fields.CharField(max_length=32, default="")
+    unit = fields.CharField(max_length=UNIT_MAX, default="")
     min = fields.FloatField(null=True)
     max = fields.FloatField(null=True)
     writable = fields.BooleanField(default=False)
@@ -73,11 +80,11 @@ class EventRecord(Model):
     gateway: fields.ForeignKeyRelation[Gateway] = fields.ForeignKeyField(
         "models.Gateway", related_name="events", on_delete=fields.CASCADE
     )
-    device = fields.CharField(max_length=64)
-    kind = fields.CharField(max_length=64)
+    device = fields.CharField(max_length=NAME_MAX)
+    kind = fields.CharField(max_length=NAME_MAX)
     active = fields.BooleanField(default=True)
-    severity = fields.CharField(max_length=16, default="info")
-    point = fields.CharField(max_length=64, default="")
+    severity = fields.CharField(max_length=SEVERITY_MAX, default="info")
+    point = fields.CharField(max_length=NAME_MAX, default="")
     detail = fields.TextField(default="")
     ts_ms = fields.BigIntField(db_index=True)
     seq = fields.BigIntField()

@@ -3,6 +3,7 @@
 ``sample`` is a rowid table without a surrogate key: one row per sample, integer columns only,
 one index for history by ``(point_id, ts_ms)``. ``ingested_msg`` is a WITHOUT ROWID table whose
 primary key ``(gateway_id, seq)`` is the idempotency key of every data and event message.
+``seq_gap`` holds each gateway's missing seq ranges (rewritten per gateway when they change).
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ CREATE TABLE IF NOT EXISTS ingested_msg (
     gateway_id INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     PRIMARY KEY (gateway_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seq_gap (
+    gateway_id INTEGER NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    opened_ms INTEGER NOT NULL,
+    restart SMALLINT NOT NULL,
+    PRIMARY KEY (gateway_id, lo)
 ) WITHOUT ROWID;
 """
 
@@ -43,4 +52,12 @@ SQLITE = {
         " ORDER BY ts_ms ASC LIMIT ?"
     ),
     "count_samples": "SELECT count(*) AS n FROM sample",
+    "delete_gaps": "DELETE FROM seq_gap WHERE gateway_id = ?",
+    "insert_gap": (
+        "INSERT INTO seq_gap (gateway_id, lo, hi, opened_ms, restart) VALUES (?, ?, ?, ?, ?)"
+    ),
+    "load_gaps": "SELECT gateway_id, lo, hi, opened_ms, restart FROM seq_gap ORDER BY gateway_id, lo",
+    "update_last_seen": (
+        "UPDATE gateway SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE id = ?"
+    ),
 }

@@ -117,6 +117,19 @@ class IngestTx:
         if rows:
             await self._conn.execute_many(self._sql["update_latest"], rows)  # type: ignore[arg-type]
 
+    async def replace_gaps(self, gaps: Mapping[int, Sequence[tuple[int, int, int, bool]]]) -> None:
+        """Rewrite the missing-seq ranges ``(lo, hi, opened_ms, restart)`` of these gateways."""
+        if gaps:
+            await self._conn.execute_many(self._sql["delete_gaps"], [[gid] for gid in gaps])
+            rows = [[gid, lo, hi, at, int(r)] for gid, gs in gaps.items() for lo, hi, at, r in gs]
+            if rows:
+                await self._conn.execute_many(self._sql["insert_gap"], rows)
+
+    async def update_last_seen(self, rows: list[tuple[int, int]]) -> None:
+        """Move gateways' ``last_seen_ms`` forward: ``(last_seen_ms, gateway_id)`` rows."""
+        if rows:
+            await self._conn.execute_many(self._sql["update_last_seen"], rows)  # type: ignore[arg-type]
+
     async def insert_events(self, rows: list[EventRow]) -> None:
         """Append events."""
         if rows:
@@ -222,6 +235,12 @@ class Storage:
             if not created and values:
                 await Point.filter(id=pt.id).update(**values)
             return int(pt.id)
+
+    async def load_gaps(self) -> list[tuple[int, int, int, int, bool]]:
+        """Every stored missing-seq range: ``(gateway_id, lo, hi, opened_ms, restart)``."""
+        with self._active():
+            _, rows = await self._ctx.db().execute_query(self._sql["load_gaps"])
+        return [(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
 
     # -- history -----------------------------------------------------------------------------
 
