@@ -198,6 +198,9 @@ def cmd_points(args: argparse.Namespace) -> int:
     return 0
 
 
+from .cli_buffer import cmd_buffer  # noqa: E402  (after _ask, which it uses)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="citynerve-edge", description=__doc__)
@@ -215,6 +218,7 @@ def parser() -> argparse.ArgumentParser:
     for name, fn, help_ in (
         ("status", cmd_status, "uplink state, device health and counters of the running daemon"),
         ("points", cmd_points, "live values of every point"),
+        ("buffer", cmd_buffer, "the store-and-forward buffer: what waits, how old, drops, replay"),
     ):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", "-c", help="config file (to find the control socket)")

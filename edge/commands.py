@@ -12,6 +12,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Protocol
 
 from drivers import DriverError, PointConfigBase
 from wire import Ack, AckStatus, Command, PointType, Value
@@ -51,6 +52,18 @@ def check_value(point: PointConfigBase, value: Value) -> str | None:
     return None
 
 
+class CommandLog(Protocol):
+    """Where command ids are remembered across restarts (:class:`edge.buffer.DiskBuffer`)."""
+
+    def command_seen(self, cmd_id: str) -> bool:
+        """True if the id was handled before."""
+        ...
+
+    def remember_command(self, cmd_id: str) -> None:
+        """Remember the id."""
+        ...
+
+
 class CommandExecutor:
     """Takes commands from the uplink and runs each through the right bus poller."""
 
@@ -68,17 +81,20 @@ class CommandExecutor:
         self.outbox = outbox
         self.counters = counters
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self.seen_log: CommandLog | None = None  # persistent ids (the buffer db), across restarts
         self._queue: asyncio.Queue[Command] = asyncio.Queue(maxsize=1000)
         self.last_results: list[dict[str, object]] = []
 
     def submit(self, cmd: Command) -> None:
         """Accept a command from the uplink (never blocks); duplicates are acknowledged once."""
         self.counters.commands_received += 1
-        if cmd.id in self._seen:
+        if cmd.id in self._seen or (self.seen_log is not None and self.seen_log.command_seen(cmd.id)):
             self.counters.commands_duplicate += 1
             log.info("command %s received again: already handled, ignoring the repeat", cmd.id)
             return
         self._seen[cmd.id] = None
+        if self.seen_log is not None:
+            self.seen_log.remember_command(cmd.id)
         if len(self._seen) > DEDUPE_WINDOW:
             self._seen.popitem(last=False)
         try:

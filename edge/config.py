@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -65,6 +65,30 @@ class PublishSection(StrictModel):
     )
 
 
+class BufferSection(StrictModel):
+    """The store-and-forward buffer on disk (docs/reliability.md, "Edge")."""
+
+    path: Path | None = Field(default=None, description="default: <data_dir>/buffer.db")
+    max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=64 * 1024,
+        description="payload bytes kept on disk; beyond it the oldest messages are dropped (counted)",
+    )
+    max_age_h: float = Field(
+        default=168.0, gt=0, description="messages older than this are dropped (counted)"
+    )
+    sync: Literal["full", "normal"] = Field(
+        default="full", description="full: fsync every commit (survives power loss); normal: kill -9 only"
+    )
+    replay_rate: float = Field(
+        default=50.0, ge=0, description="historical messages per second after an outage (0: unlimited)"
+    )
+    inflight: int = Field(default=20, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK at once")
+    memory_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=64 * 1024, description="held in memory while the disk refuses writes"
+    )
+
+
 class EdgeConfig(StrictModel):
     """The whole validated edge configuration."""
 
@@ -73,6 +97,7 @@ class EdgeConfig(StrictModel):
     data_dir: Path = Path("/var/lib/citynerve-edge")
     control_socket: Path | None = Field(default=None, description="default: <data_dir>/control.sock")
     publish: PublishSection = PublishSection()
+    buffer: BufferSection = BufferSection()
     log_level: str = "INFO"
     buses: tuple[BusConfigBase, ...] = ()
     devices: tuple[DeviceConfigBase, ...] = ()

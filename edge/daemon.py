@@ -20,6 +20,7 @@ from drivers import BusDriver, DriverError, get_driver
 
 from . import control, systemd
 from .backoff import Backoff
+from .buffer import DiskBuffer
 from .commands import CommandExecutor
 from .config import EdgeConfig, devices_on
 from .outbox import Outbox
@@ -50,7 +51,19 @@ class Edge:
 
     def __post_init__(self) -> None:
         self.seqs = SeqStore(self.config.data_dir)
-        self.outbox = Outbox(self.config.publish.queue_max, self.counters)
+        self.buffer = open_buffer(self.config)
+        self.outbox = Outbox(
+            self.config.publish.queue_max,
+            self.counters,
+            buffer=self.buffer,
+            next_seq=self.seqs.next,
+            max_batch=self.config.publish.max_batch,
+            max_delay_ms=self.config.publish.max_delay_ms,
+            gateway_id=self.config.gateway.id,
+        )
+        self.buffer.on_error = lambda err: self.outbox.gateway_event(
+            "buffer_error", f"buffer write failed ({err}); holding messages in memory", severity="alarm"
+        )
         self.devices = {d.id: DeviceState.of(d) for d in self.config.devices}
         self.pollers: dict[str, BusPoller] = {}
         for bus in self.config.buses:
@@ -66,6 +79,7 @@ class Edge:
         self.executor = CommandExecutor(
             self.config.gateway.id, self.devices, self.pollers, self.outbox, self.counters
         )
+        self.executor.seen_log = self.buffer  # command ids survive restarts
         self.uplink = Uplink(self.config, self.outbox, self.seqs, self.counters, self.executor.submit)
         self.tasks: dict[str, TaskHealth] = {}
 
@@ -134,6 +148,8 @@ class Edge:
                 "hub_online": up.hub_online,
                 "queued_samples": len(self.outbox.samples),
                 "queued_urgent": len(self.outbox.urgent),
+                "buffered": len(self.buffer),
+                "replay": self.uplink.replay.get("state"),
             },
             "buses": [
                 {
@@ -165,6 +181,10 @@ class Edge:
             "counters": vars(self.counters),
             "recent_commands": self.executor.last_results,
         }
+
+    async def op_buffer(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The store-and-forward buffer: what waits, how old, what was dropped, the replay."""
+        return buffer_report(self)
 
     async def op_points(self, req: dict[str, Any]) -> dict[str, Any]:
         """Live value, quality and time of every point (optionally of one device)."""
@@ -219,7 +239,7 @@ class Edge:
         """Run until cancelled."""
         server = await control.serve(
             self.config.socket_path,
-            {"status": self.op_status, "points": self.op_points},
+            {"status": self.op_status, "points": self.op_points, "buffer": self.op_buffer},
             {"bus_tool": self.op_bus_tool},
         )
         log.info(
@@ -239,6 +259,7 @@ class Edge:
                     )
                 tg.create_task(self.supervise("uplink", self.uplink.run), name="uplink")
                 tg.create_task(self.supervise("commands", self.executor.run), name="commands")
+                tg.create_task(self.supervise("buffer-writer", self.outbox.run_writer), name="buffer-writer")
                 tg.create_task(self._watchdog(), name="watchdog")
         finally:
             server.close()
@@ -255,6 +276,47 @@ class Edge:
             await asyncio.sleep(interval or 3600)
             if interval and self.healthy():
                 systemd.notify("WATCHDOG=1")
+
+
+def open_buffer(config: EdgeConfig) -> DiskBuffer:
+    """The on-disk buffer named by the config (kept across restarts and config reloads)."""
+    b = config.buffer
+    return DiskBuffer(
+        b.path or config.data_dir / "buffer.db",
+        max_bytes=b.max_bytes,
+        max_age_s=b.max_age_h * 3600,
+        sync=b.sync,
+        memory_max_bytes=b.memory_max_bytes,
+    )
+
+
+def buffer_report(edge: Edge) -> dict[str, Any]:
+    """What ``citynerve-edge buffer`` shows."""
+    buf = edge.buffer
+    oldest = buf.oldest_ms()
+    st = buf.stats
+    return {
+        "path": str(buf.path),
+        **buf.counts(),
+        "waiting_in_memory": len(edge.outbox.samples) + len(edge.outbox.urgent),
+        "oldest_ms": oldest,
+        "oldest_age_s": None if oldest is None else round((now_ms() - oldest) / 1000, 1),
+        "max_bytes": buf.max_bytes,
+        "max_age_h": edge.config.buffer.max_age_h,
+        "disk_ok": buf.disk_ok,
+        "write_errors": st.write_errors,
+        "last_error": st.last_error,
+        "dropped_messages": st.dropped_messages,
+        "dropped_samples": st.dropped_samples,
+        "drops_unreported": vars(st.pending_drops),
+        "appended": st.appended,
+        "acked": st.acked,
+        "uplink_connected": edge.uplink.connected,
+        "hub_online": edge.uplink.hub_online,
+        "replay": dict(edge.uplink.replay),
+        "messages_replayed": edge.counters.messages_replayed,
+        "samples_replayed": edge.counters.samples_replayed,
+    }
 
 
 def _budget(poller: BusPoller) -> dict[str, Any] | None:

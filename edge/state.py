@@ -73,3 +73,6 @@ class Counters:
     uplink_connects: int = 0
     uplink_failures: int = 0
     messages_malformed: int = 0
+    messages_replayed: int = 0  # sent from the buffer's backlog, flagged historical
+    samples_replayed: int = 0
+    buffer_overflow_events: int = 0

@@ -7,18 +7,23 @@ Reconnection is one explicit loop in :meth:`Uplink.run`. A message being publish
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
 import wire
-from wire import Ack, Command, Kind
+from wire import Command, Kind
 
 from .backoff import Backoff
+from .buffer import Record
 from .config import EdgeConfig
 from .outbox import Outbox, PendingEvent
 from .seqstore import SeqStore
@@ -69,6 +74,15 @@ def birth_message(config: EdgeConfig, session: int) -> wire.Birth:
     )
 
 
+def historical(rec: Record) -> bytes:
+    """A buffered data or event message re-encoded with the ``historical`` flag (same ``seq``)."""
+    if rec.kind is Kind.DATA:
+        return wire.encode_data(dataclasses.replace(wire.decode_data(rec.payload), historical=True))
+    if rec.kind is Kind.EVENT:
+        return wire.encode_event(dataclasses.replace(wire.decode_event(rec.payload), historical=True))
+    return rec.payload
+
+
 class Uplink:
     """Keeps one MQTT connection up and moves the outbox to the broker."""
 
@@ -91,8 +105,9 @@ class Uplink:
         self.connected_since_ms = 0
         self.last_error = ""
         self.hub_online: bool | None = None
-        # The message being published: (topic, payload, samples in it, kind). Survives reconnects.
-        self._inflight: tuple[str, bytes, int, Kind] | None = None
+        self._hub_known = asyncio.Event()
+        # Shown by ``citynerve-edge buffer``: live or replaying, and how far the replay got.
+        self.replay: dict[str, Any] = {"state": "disconnected", "backlog_at_start": 0, "replayed_messages": 0}
 
     def _client(self) -> aiomqtt.Client:
         m = self.config.mqtt
@@ -138,6 +153,8 @@ class Uplink:
                 self.last_error = str(err)
             finally:
                 self.connected = False
+                self.replay["state"] = "disconnected"
+                self._hub_known.clear()
             await asyncio.sleep(backoff.next())
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
@@ -168,58 +185,113 @@ class Uplink:
         )
         self.last_error = ""
 
-    def _next_message(self) -> tuple[str, bytes, int, Kind]:
-        if self.outbox.urgent:
-            item = self.outbox.urgent.popleft()
-            if isinstance(item, Ack):
-                return self.topics.gateway(self.gw, Kind.ACK), wire.encode_ack(item), 0, Kind.ACK
-            ev = wire.Event(
-                seq=self.seqs.next(),
-                ts_ms=item.ts_ms,
-                device=item.device,
-                kind=item.kind,
-                active=item.active,
-                severity=item.severity,
-                point=item.point,
-                detail=item.detail,
-            )
-            return self.topics.gateway(self.gw, Kind.EVENT), wire.encode_event(ev), 0, Kind.EVENT
-        n = min(len(self.outbox.samples), self.config.publish.max_batch)
-        popleft = self.outbox.samples.popleft
-        samples = [popleft() for _ in range(n)]
-        payload = wire.encode_data(wire.Data(seq=self.seqs.next(), samples=samples))
-        return self.topics.gateway(self.gw, Kind.DATA), payload, n, Kind.DATA
-
-    async def _fill_batch(self) -> None:
-        """Give a small batch up to max_delay_ms to fill, unless something urgent waits."""
-        pub = self.config.publish
-        if pub.max_delay_ms <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + pub.max_delay_ms / 1000
-        while not self.outbox.urgent and len(self.outbox.samples) < pub.max_batch:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            if not await self.outbox.wait_more(remaining):
-                return
+    # -- sending: live first, the backlog replayed beside it, each deleted after its PUBACK ------
 
     async def _sender(self, client: aiomqtt.Client) -> None:
+        # The hub's retained status arrives right after the subscription: wait a moment for it so
+        # that a hub that went offline while we were away is known before anything is sent.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._hub_known.wait()
         while True:
-            if self._inflight is None:
-                await self.outbox.wait()
-                await self._fill_batch()
-                self._inflight = self._next_message()
-            topic, payload, n, kind = self._inflight
-            await client.publish(topic, payload, qos=1)
-            self._inflight = None
-            if kind is Kind.DATA:
-                self.counters.messages_published += 1
-                self.counters.samples_published += n
-            elif kind is Kind.ACK:
-                self.counters.acks_published += 1
-            else:
-                self.counters.events_published += 1
+            if self.hub_online is False:
+                self.replay["state"] = "waiting for the hub"
+                self.outbox.stored.clear()
+                await self.outbox.stored.wait()  # also set when the hub status changes
+                continue
+            await self._send_epoch(client)
+
+    async def _send_epoch(self, client: aiomqtt.Client) -> None:
+        """Send until the hub goes offline (or the buffer's ids change): live, then backlog."""
+        buf = self.outbox.buffer
+        bcfg = self.config.buffer
+        generation = buf.generation
+        mark = buf.last_id()  # rows up to here were waiting before this epoch: the backlog
+        live_since = now_ms()
+        drops = buf.take_drops()
+        if drops is not None:
+            self.counters.buffer_overflow_events += 1
+            self.outbox.gateway_event("buffer_overflow", drops.describe())
+        self.replay.update(
+            state="replaying" if mark else "live",
+            backlog_at_start=len(buf),
+            replayed_messages=0,
+            started_ms=live_since,
+        )
+        live: deque[Record] = deque()
+        backlog: deque[Record] = deque()
+        live_cursor, backlog_cursor = mark, 0
+        window = asyncio.Semaphore(bcfg.inflight)
+        acked: list[int] = []
+        loop = asyncio.get_running_loop()
+        interval = 1 / bcfg.replay_rate if bcfg.replay_rate > 0 else 0.0
+        next_replay = loop.time()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while self.hub_online is not False and buf.generation == generation:
+                    if len(acked) >= 32:
+                        buf.ack(acked)
+                        acked.clear()
+                    if not live:
+                        self.outbox.stored.clear()
+                        live.extend(buf.fetch(live_cursor))
+                        if live:
+                            live_cursor = live[-1].id
+                    rec: Record | None = None
+                    wait = 1.0
+                    if live:
+                        rec = live.popleft()
+                    elif backlog_cursor < mark or backlog:
+                        now = loop.time()
+                        if now >= next_replay:
+                            if not backlog:
+                                backlog.extend(buf.fetch(backlog_cursor, mark))
+                                backlog_cursor = backlog[-1].id if backlog else mark
+                            if backlog:
+                                rec = backlog.popleft()
+                                next_replay = max(next_replay, now - 0.2) + interval
+                        else:
+                            wait = next_replay - now
+                    elif self.replay["state"] == "replaying":
+                        self.replay["state"] = "live"
+                        log.info("buffer replay complete: %d messages", self.replay["replayed_messages"])
+                    if rec is None:
+                        if acked:
+                            buf.ack(acked)
+                            acked.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(wait):
+                                await self.outbox.stored.wait()
+                        continue
+                    await window.acquire()
+                    hist = rec.created_ms < live_since
+                    tg.create_task(self._publish(client, rec, hist, window, acked))
+        finally:
+            if acked:
+                buf.ack(acked)
+
+    async def _publish(
+        self, client: aiomqtt.Client, rec: Record, hist: bool, window: asyncio.Semaphore, acked: list[int]
+    ) -> None:
+        try:
+            payload = historical(rec) if hist else rec.payload
+            await client.publish(self.topics.gateway(self.gw, rec.kind), payload, qos=1)
+        finally:
+            window.release()
+        if self.hub_online is not False:
+            acked.append(rec.id)  # deleted from the buffer; otherwise resent when the hub is back
+        if hist:
+            self.replay["replayed_messages"] += 1
+            self.counters.messages_replayed += 1
+        if rec.kind is Kind.DATA:
+            self.counters.messages_published += 1
+            self.counters.samples_published += rec.n
+            if hist:
+                self.counters.samples_replayed += rec.n
+        elif rec.kind is Kind.ACK:
+            self.counters.acks_published += 1
+        else:
+            self.counters.events_published += 1
 
     async def _receiver(self, client: aiomqtt.Client) -> None:
         cmd_topic = self.topics.gateway(self.gw, Kind.CMD)
@@ -244,7 +316,9 @@ class Uplink:
                     continue
                 if status.online != self.hub_online:
                     log.info("hub is %s", "online" if status.online else "offline")
+                    self.outbox.stored.set()  # wake the sender: it starts or stops an epoch
                 self.hub_online = status.online
+                self._hub_known.set()
 
 
 __all__ = ["SOFTWARE_VERSION", "Outbox", "PendingEvent", "Uplink", "birth_message", "read_secret"]

@@ -318,7 +318,10 @@ class IngestWriter:
             pending.events.append((gw, ev))
             pending.arrivals.append((gw, ev.seq, rx))
             self._seen_at(gw, rx)
-            self._live(gw, ev.ts_ms, rx)
+            if ev.historical:  # replayed by the edge: its age is not clock skew
+                gw.track.historical(ev.ts_ms, rx)
+            else:
+                self._live(gw, ev.ts_ms, rx)
         elif kind is Kind.STATUS:
             st = decode_status(payload)
             _check_int64("status session", st.session)

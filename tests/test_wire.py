@@ -67,6 +67,11 @@ EXAMPLES = [
         wire.Event(seq=9, ts_ms=1, device="L-1", kind="lamp_failure", active=False, severity="alarm"),
     ),
     (
+        wire.encode_event,
+        wire.decode_event,
+        wire.Event(seq=10, ts_ms=2, device="gw", kind="buffer_overflow", severity="warning", historical=True),
+    ),
+    (
         wire.encode_command,
         wire.decode_command,
         wire.Command(
@@ -183,3 +188,13 @@ def test_data_fields_with_wrong_types_raise_only_wire_error(body: dict) -> None:
         wire.decode_data(msgpack.packb(body, use_bin_type=True))
     except WireError:
         pass
+
+
+def test_live_event_carries_no_hist_key_and_old_payloads_decode_live() -> None:
+    import msgpack
+
+    live = wire.encode_event(wire.Event(seq=1, ts_ms=1, device="d", kind="k"))
+    assert "hist" not in msgpack.unpackb(live)
+    assert wire.decode_event(live).historical is False
+    hist = wire.encode_event(wire.Event(seq=1, ts_ms=1, device="d", kind="k", historical=True))
+    assert msgpack.unpackb(hist)["hist"] is True

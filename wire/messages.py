@@ -118,6 +118,7 @@ class Event:
     severity: str = "info"  # info | warning | alarm
     point: str = ""
     detail: str = ""
+    historical: bool = False  # replayed from the edge's buffer after an outage (wire: ``hist``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,18 +205,19 @@ def encode_data(m: Data) -> bytes:
 
 def encode_event(m: Event) -> bytes:
     """Encode an event."""
-    return _pack(
-        {
-            "seq": m.seq,
-            "ts": m.ts_ms,
-            "device": m.device,
-            "kind": m.kind,
-            "active": m.active,
-            "severity": m.severity,
-            "point": m.point,
-            "detail": m.detail,
-        }
-    )
+    body: dict[str, Any] = {
+        "seq": m.seq,
+        "ts": m.ts_ms,
+        "device": m.device,
+        "kind": m.kind,
+        "active": m.active,
+        "severity": m.severity,
+        "point": m.point,
+        "detail": m.detail,
+    }
+    if m.historical:
+        body["hist"] = True
+    return _pack(body)
 
 
 def encode_command(m: Command) -> bytes:
@@ -396,6 +398,7 @@ def decode_event(payload: bytes) -> Event:
         severity=severity,
         point=_opt(b, "point", str, "", what="event"),
         detail=_opt(b, "detail", str, "", what="event"),
+        historical=_opt(b, "hist", bool, False, what="event"),
     )
 
 
