@@ -188,10 +188,27 @@ class DiskBuffer:
             self._mem.append(Record(self._mem_next, Kind(kind), seq, created, ts, n, payload))
             self._mem_next += 1
             self.mem_bytes += len(payload)
-        while self.mem_bytes > self.memory_max_bytes and self._mem:
-            r = self._mem.popleft()
-            self.mem_bytes -= len(r.payload)
-            self._dropped([(r.kind.value, r.seq, r.ts_ms, r.n, len(r.payload))])
+        if self.mem_bytes > self.memory_max_bytes:
+            self._shrink_memory()
+
+    def _shrink_memory(self) -> None:
+        """Drop the oldest data messages held in memory (events and acks only if nothing else is)."""
+        kept: deque[Record] = deque()
+        gone: list[tuple[str, int, int, int, int]] = []
+        excess = self.mem_bytes - self.memory_max_bytes
+        for r in self._mem:
+            if excess > 0 and r.kind is Kind.DATA:
+                gone.append((r.kind.value, r.seq, r.ts_ms, r.n, len(r.payload)))
+                excess -= len(r.payload)
+            else:
+                kept.append(r)
+        while excess > 0 and kept:
+            r = kept.popleft()
+            gone.append((r.kind.value, r.seq, r.ts_ms, r.n, len(r.payload)))
+            excess -= len(r.payload)
+        self._mem = kept
+        self.mem_bytes = sum(len(r.payload) for r in kept)
+        self._dropped(gone)
 
     def _write(self, rows: list[tuple[str, int, int, int, int, bytes]]) -> None:
         """Insert the memory-held records (if any) then ``rows``, in one transaction."""
@@ -252,14 +269,24 @@ class DiskBuffer:
         gone: list[tuple[str, int, int, int, int]] = []
         total = self.disk_bytes
         last_id = 0
-        for row in self.db.execute("SELECT id, kind, seq, ts_ms, n, length(payload) FROM msg ORDER BY id"):
+        # Oldest samples first; events and acks only when no sample is left to drop.
+        for data_only in (True, False):
+            sql = "SELECT id, kind, seq, ts_ms, n, length(payload) FROM msg"
+            sql += " WHERE kind = 'data' AND id > ? ORDER BY id" if data_only else " WHERE id > ? ORDER BY id"
+            cutoff_id = 0
+            picked: list[tuple[str, int, int, int, int]] = []
+            for row in self.db.execute(sql, (last_id,)):
+                if total <= target_bytes:
+                    break
+                cutoff_id = row[0]
+                picked.append(row[1:])
+                total -= row[5]
+            if picked:
+                kind_filter = "kind = 'data' AND " if data_only else ""
+                self._delete_dropped(f"DELETE FROM msg WHERE {kind_filter}id <= ?", (cutoff_id,), picked)
+                gone += picked
             if total <= target_bytes:
                 break
-            last_id = row[0]
-            gone.append(row[1:])
-            total -= row[5]
-        if gone:
-            self._delete_dropped("DELETE FROM msg WHERE id <= ?", (last_id,), gone)
 
     def _drop_older_than(self, cutoff_ms: int) -> None:
         gone = self.db.execute(

@@ -153,7 +153,8 @@ class CommandExecutor:
         poller = self.pollers[dev.config.bus]
         wait = min(MAX_WRITE_WAIT_S, max(0.1, (cmd.expires_at_ms - now) / 1000))
         try:
-            value = await asyncio.wait_for(poller.write(dev, ps.config, cmd.value), wait)
+            async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancellation on 3.11
+                value = await poller.write(dev, ps.config, cmd.value)
         except TimeoutError:
             self._ack(
                 cmd, AckStatus.FAILED, f"bus {dev.config.bus} did not complete the write within {wait:.1f}s"

@@ -83,6 +83,10 @@ class BufferSection(StrictModel):
     replay_rate: float = Field(
         default=50.0, ge=0, description="historical messages per second after an outage (0: unlimited)"
     )
+    wait_for_hub: bool = Field(
+        default=True,
+        description="send only while the hub's retained status says online (false: no citynerve hub)",
+    )
     inflight: int = Field(default=20, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK at once")
     memory_max_bytes: int = Field(
         default=8 * 1024 * 1024, ge=64 * 1024, description="held in memory while the disk refuses writes"
@@ -117,7 +121,7 @@ class EdgeConfig(StrictModel):
         return None
 
 
-_TOP_KEYS = {"gateway", "mqtt", "data_dir", "control_socket", "publish", "log_level"}
+_TOP_KEYS = {"gateway", "mqtt", "data_dir", "control_socket", "publish", "buffer", "log_level"}
 
 
 def _expand_templates(

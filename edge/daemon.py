@@ -82,6 +82,7 @@ class Edge:
         self.executor.seen_log = self.buffer  # command ids survive restarts
         self.uplink = Uplink(self.config, self.outbox, self.seqs, self.counters, self.executor.submit)
         self.tasks: dict[str, TaskHealth] = {}
+        self.stall_min_s = 120.0  # a running poller whose loop has not turned for this long is stalled
 
     # -- supervision --------------------------------------------------------------------------
 
@@ -123,8 +124,20 @@ class Edge:
         return mark
 
     def healthy(self) -> bool:
-        """True while every poller runs (used to gate the systemd watchdog)."""
-        return all(self.tasks.get(f"poller-{b}", TaskHealth()).running for b in self.pollers)
+        """True unless a running poller has stalled.
+
+        Gates the systemd watchdog. A poller crashing and being restarted by its supervisor is
+        not unhealthy (its devices show ``comm_error``; restarting the daemon would not help); a
+        poller whose loop has not turned for ``stall_s`` (a hung driver call) is.
+        """
+        now = time.monotonic()
+        for bus_id, p in self.pollers.items():
+            longest = max((pt.interval_s for d in p.devices for pt in d.config.points), default=1.0)
+            stall_s = max(self.stall_min_s, 3 * longest)
+            if p.running and now - p.heartbeat > stall_s:
+                log.error("bus %s poller stalled %.0fs: watchdog not pinged", bus_id, now - p.heartbeat)
+                return False
+        return True
 
     # -- control socket -----------------------------------------------------------------------
 

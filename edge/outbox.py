@@ -56,7 +56,9 @@ class Outbox:
     ) -> None:
         self.max_samples = max_samples
         self.counters = counters
-        self.buffer = buffer or DiskBuffer(Path(":memory:"), max_bytes=1 << 30, max_age_s=7 * 86400)
+        if buffer is None:
+            buffer = DiskBuffer(Path(":memory:"), max_bytes=1 << 30, max_age_s=7 * 86400)
+        self.buffer = buffer
         self.next_seq = next_seq or itertools.count().__next__
         self.max_batch = max_batch
         self.max_delay_ms = max_delay_ms

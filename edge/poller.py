@@ -98,6 +98,7 @@ class BusPoller:
         self.points_read = 0
         self.pushed_total = 0
         self.driver: BusDriver | None = None  # the open driver, while running
+        self.heartbeat = time.monotonic()  # each turn of the polling loop: the watchdog checks it
 
     def _make_groups(self) -> list[_Group]:
         groups = []
@@ -158,7 +159,7 @@ class BusPoller:
         read_many = getattr(driver, "read_many", None)
         while True:
             await self._run_writes(driver)
-            now = time.monotonic()
+            now = self.heartbeat = time.monotonic()
             due = [g for g in self._groups if g.due <= now and g.device.retry_at <= now]
             if due:
                 if read_many is not None:
@@ -176,8 +177,11 @@ class BusPoller:
             delay = next_due - now
             if delay > 0 and self._writes.empty():
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # lands as the wait completes, and the poller would then never stop.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
 

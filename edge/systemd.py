@@ -14,6 +14,9 @@ def notify(message: str) -> bool:
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        # Non-blocking: a stuck or full notify socket must never stall the event loop (a
+        # watchdog ping that cannot be sent is simply missed; systemd then restarts us).
+        s.setblocking(False)
         try:
             s.connect(addr)
             s.sendall(message.encode())

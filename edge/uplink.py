@@ -105,7 +105,7 @@ class Uplink:
         self.connected_since_ms = 0
         self.last_error = ""
         self.hub_online: bool | None = None
-        self._hub_known = asyncio.Event()
+        self._drops_reported_at = 0.0
         # Shown by ``citynerve-edge buffer``: live or replaying, and how far the replay got.
         self.replay: dict[str, Any] = {"state": "disconnected", "backlog_at_start": 0, "replayed_messages": 0}
 
@@ -117,7 +117,7 @@ class Uplink:
             qos=1,
             retain=True,
         )
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             m.host,
             m.port,
             username=m.username or self.gw,
@@ -131,6 +131,9 @@ class Uplink:
             # Acks and commands are tiny: send them now, not after Nagle's delayed-ACK wait.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
+        # Up to buffer.inflight publishes await their PUBACK at once by design: no warning for that.
+        client.pending_calls_threshold = self.config.buffer.inflight + 10
+        return client
 
     async def run(self) -> None:
         """Connect, publish, receive; on any MQTT error, back off and reconnect. Forever."""
@@ -154,7 +157,7 @@ class Uplink:
             finally:
                 self.connected = False
                 self.replay["state"] = "disconnected"
-                self._hub_known.clear()
+                self.hub_online = None  # learnt again from the retained status after reconnecting
             await asyncio.sleep(backoff.next())
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
@@ -187,14 +190,21 @@ class Uplink:
 
     # -- sending: live first, the backlog replayed beside it, each deleted after its PUBACK ------
 
+    def may_send(self) -> bool:
+        """True while messages may be sent and deleted on PUBACK: the hub is online.
+
+        The hub's retained ``cn/v1/hub/status`` must say online since this connection (a
+        broker restarted without persistence has forgotten the hub's subscriptions until the
+        hub reconnects, and says so by publishing its status again). With
+        ``buffer.wait_for_hub: false`` (no citynerve hub), only an explicit offline stops us.
+        """
+        if self.config.buffer.wait_for_hub:
+            return self.hub_online is True
+        return self.hub_online is not False
+
     async def _sender(self, client: aiomqtt.Client) -> None:
-        # The hub's retained status arrives right after the subscription: wait a moment for it so
-        # that a hub that went offline while we were away is known before anything is sent.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await self._hub_known.wait()
         while True:
-            if self.hub_online is False:
+            if not self.may_send():
                 self.replay["state"] = "waiting for the hub"
                 self.outbox.stored.clear()
                 await self.outbox.stored.wait()  # also set when the hub status changes
@@ -208,10 +218,7 @@ class Uplink:
         generation = buf.generation
         mark = buf.last_id()  # rows up to here were waiting before this epoch: the backlog
         live_since = now_ms()
-        drops = buf.take_drops()
-        if drops is not None:
-            self.counters.buffer_overflow_events += 1
-            self.outbox.gateway_event("buffer_overflow", drops.describe())
+        self._report_drops()
         self.replay.update(
             state="replaying" if mark else "live",
             backlog_at_start=len(buf),
@@ -228,7 +235,9 @@ class Uplink:
         next_replay = loop.time()
         try:
             async with asyncio.TaskGroup() as tg:
-                while self.hub_online is not False and buf.generation == generation:
+                while self.may_send() and buf.generation == generation:
+                    if buf.stats.pending_drops.messages and loop.time() >= self._drops_reported_at + 5:
+                        self._report_drops()  # dropped while sending (memory still full): tell the hub
                     if len(acked) >= 32:
                         buf.ack(acked)
                         acked.clear()
@@ -270,6 +279,15 @@ class Uplink:
             if acked:
                 buf.ack(acked)
 
+    def _report_drops(self) -> None:
+        """Turn what the buffer dropped since the last report into one ``buffer_overflow`` event."""
+        self._drops_reported_at = asyncio.get_running_loop().time()
+        drops = self.outbox.buffer.take_drops()
+        if drops is not None:
+            self.counters.buffer_overflow_events += 1
+            log.warning("reporting to the hub: %s", drops.describe())
+            self.outbox.gateway_event("buffer_overflow", drops.describe())
+
     async def _publish(
         self, client: aiomqtt.Client, rec: Record, hist: bool, window: asyncio.Semaphore, acked: list[int]
     ) -> None:
@@ -278,7 +296,7 @@ class Uplink:
             await client.publish(self.topics.gateway(self.gw, rec.kind), payload, qos=1)
         finally:
             window.release()
-        if self.hub_online is not False:
+        if self.may_send():
             acked.append(rec.id)  # deleted from the buffer; otherwise resent when the hub is back
         if hist:
             self.replay["replayed_messages"] += 1
@@ -318,7 +336,6 @@ class Uplink:
                     log.info("hub is %s", "online" if status.online else "offline")
                     self.outbox.stored.set()  # wake the sender: it starts or stops an epoch
                 self.hub_online = status.online
-                self._hub_known.set()
 
 
 __all__ = ["SOFTWARE_VERSION", "Outbox", "PendingEvent", "Uplink", "birth_message", "read_secret"]
