@@ -42,6 +42,7 @@ mqtt: {{host: 127.0.0.1, port: {mqtt_port}}}
 data_dir: {workdir / "edge"}
 control_socket: {workdir / "edge.sock"}
 publish: {{full_report_s: 3600}}
+buffer: {{wait_for_hub: false}}
 templates:
   lamp:
     kind: lamp

@@ -61,7 +61,7 @@ class PublishSection(StrictModel):
         default=300.0, gt=0, description="every point is reported at least this often, changed or not"
     )
     queue_max: int = Field(
-        default=100_000, ge=100, description="samples held in memory while the uplink is down"
+        default=100_000, ge=100, description="samples waiting for the buffer writer (oldest dropped)"
     )
 
 
@@ -81,7 +81,7 @@ class BufferSection(StrictModel):
         default="full", description="full: fsync every commit (survives power loss); normal: kill -9 only"
     )
     replay_rate: float = Field(
-        default=50.0, ge=0, description="historical messages per second after an outage (0: unlimited)"
+        default=100.0, ge=0, description="historical messages per second after an outage (0: unlimited)"
     )
     wait_for_hub: bool = Field(
         default=True,
