@@ -151,8 +151,8 @@ def bytes_per_sample(samples: int = 20_000) -> float:
             box.add_sample((f"L-{i % 200:04d}", ("power", "level", "energy", "lamp_failure")[i % 4],
                             now + i * 50, round(float(i % 1000) / 10, 1), "good"))
         box.flush()
-        pages = s.b.db.execute("PRAGMA page_count").fetchone()[0] * s.b.db.execute("PRAGMA page_size").fetchone()[0]
-        return float(max(s.b.disk_bytes, pages)) / samples
+        s.b.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return (Path(d) / "buffer.db").stat().st_size / samples  # the file: payload + SQLite overhead
 
 
 # -- replay ------------------------------------------------------------------------------------
