@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import resource
@@ -724,3 +725,28 @@ async def test_watchdog_pings_while_healthy_not_when_a_poller_stalls(
                 hung.cancel()
         finally:
             notify.close()
+
+
+# -- the technician's view, with no network -----------------------------------------------------
+
+
+async def test_buffer_cli_works_offline_and_shows_the_backlog(
+    tmp_path: Path, cabinet: CabinetSim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from broker import free_port
+
+    from edge import cli
+
+    with short_dir() as d:
+        # Nothing listens on the broker port: the street runs, the buffer fills.
+        yaml = edge_yaml(free_port(), tmp_path / "edge", d / "edge.sock", cabinet.tcp_port)
+        async with in_process_edge(yaml, tmp_path / "edge.yaml") as edge:
+            await eventually(lambda: _true(len(edge.buffer) >= 3), 20)
+            rc = await asyncio.to_thread(cli.main, ["buffer", "--socket", str(d / "edge.sock")])
+            out = capsys.readouterr().out
+            assert rc == 0, out
+            assert "DISCONNECTED" in out and "buffered" in out and "oldest" in out, out
+            rc = await asyncio.to_thread(cli.main, ["buffer", "--socket", str(d / "edge.sock"), "--json"])
+            b = json.loads(capsys.readouterr().out)
+            assert b["messages"] >= 3 and b["samples"] > 0 and b["disk_ok"] and b["oldest_age_s"] >= 0, b
+            assert b["replay"]["state"] == "disconnected" and b["dropped_messages"] == 0, b
