@@ -750,3 +750,22 @@ async def test_buffer_cli_works_offline_and_shows_the_backlog(
             b = json.loads(capsys.readouterr().out)
             assert b["messages"] >= 3 and b["samples"] > 0 and b["disk_ok"] and b["oldest_age_s"] >= 0, b
             assert b["replay"]["state"] == "disconnected" and b["dropped_messages"] == 0, b
+
+
+async def test_hub_counts_a_replayed_event_as_replay_not_clock_skew(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    hub = await start_hub(_settings(tmp_path, mosquitto))
+    try:
+        old = int(time.time() * 1000) - 3_600_000  # an alarm raised an hour ago, during an outage
+        ev = wire.Event(seq=7, ts_ms=old, device="CAB-07", kind="door_open", severity="alarm", historical=True)
+        await _publish(mosquitto, TOPICS.gateway(GW, Kind.EVENT), wire.encode_event(ev))
+
+        async def seen() -> bool:
+            status, body = await hub.get(f"/gateways/{GW}")
+            return status == 200 and body["replay"]["messages_total"] == 1
+
+        await eventually(seen, 10)
+        g = await gateway_json(hub)
+        assert not g["clock_skew"] and g["clock_offset_ms"] is None, g
+        assert g["replay"]["newest_ts_ms"] == old, g
+    finally:
+        await hub.client.close()
