@@ -292,7 +292,13 @@ class Uplink:
         self, client: aiomqtt.Client, rec: Record, hist: bool, window: asyncio.Semaphore, acked: list[int]
     ) -> None:
         try:
-            payload = historical(rec) if hist else rec.payload
+            try:
+                payload = historical(rec) if hist else rec.payload
+            except wire.WireError as err:  # a row that cannot be decoded must not stall the uplink
+                log.error("buffered %s message seq %d is corrupt (%s): dropped", rec.kind.value, rec.seq, err)
+                self.counters.messages_malformed += 1
+                acked.append(rec.id)
+                return
             await client.publish(self.topics.gateway(self.gw, rec.kind), payload, qos=1)
         finally:
             window.release()
