@@ -448,7 +448,11 @@ async def test_disk_full_keeps_daemon_alive_and_reports_the_loss(tmp_path: Path,
                     stored = await asyncio.to_thread(stored_seqs, db)
                     lost = sorted(sent - stored)
                     b = await ep.ask("buffer")
-                    return bool(len(lost) <= b["dropped_messages"] and b["drops_unreported"]["messages"] == 0)
+                    rows = await asyncio.to_thread(
+                        _query, db, "SELECT detail FROM event WHERE kind = 'buffer_overflow'")
+                    reported = sum(int(o[0].split()[1]) for o in rows)
+                    return bool(len(lost) <= b["dropped_messages"] == reported
+                                and b["drops_unreported"]["messages"] == 0)
 
                 with contextlib.suppress(AssertionError):
                     await eventually(only_dropped_missing, 60)
