@@ -116,6 +116,10 @@ class BusPoller:
         self._wake.set()
         return await req.done
 
+    def record_now(self, device: DeviceState, point: PointConfigBase, value: Value) -> None:
+        """Record a value the driver just read back (after a relinquish), reported at once."""
+        self._record(device, device.points[point.id], value, Quality.GOOD, "", now_ms(), force=True)
+
     async def call(self, fn: Callable[[BusDriver], Awaitable[Any]]) -> Any:
         """Run ``fn(driver)`` on this bus ahead of polling (as writes are) and return its result.
 

@@ -65,6 +65,8 @@ devices:
       - {{id: zone-1-setpoint, object: "analog-value,1", unit: °C, writable: true, min: 5, max: 35, interval_s: 0.2}}
       - {{id: door-1-lock, object: "binary-output,1", writable: true, priority: 10, interval_s: 0.2}}
       - {{id: energy, object: "analog-input,100", unit: kWh, interval_s: 1}}
+      # An input declared writable by mistake: the device refuses, the ack says why.
+      - {{id: zone-3-temp, object: "analog-input,3", unit: °C, writable: true, interval_s: 1}}
       # COV points, polled only every minute: a change seen sooner came by COV.
       - {{id: fire-4, object: "binary-input,4", alarm: fire, cov: true, interval_s: 60}}
       - {{id: zone-2-temp, object: "analog-input,2", unit: °C, cov: true, interval_s: 60}}
@@ -98,9 +100,12 @@ class Building:
             raise AssertionError(f"{BUILDING}.{point} never became {expected}; last seen {found}") from None
         return found
 
-    async def command(self, point: str, value: Any) -> dict[str, Any]:
+    async def command(self, point: str, value: Any, action: str | None = None) -> dict[str, Any]:
         """POST a command and wait for its final status."""
-        status, cmd = await self.hub.post("/commands", {"device": BUILDING, "point": point, "value": value})
+        body = {"device": BUILDING, "point": point, "value": value}
+        if action is not None:
+            body["action"] = action
+        status, cmd = await self.hub.post("/commands", body)
         assert status == 202, cmd
 
         async def done() -> bool:
@@ -152,6 +157,7 @@ async def test_objects_appear_at_the_hub_as_a_device_with_points(building: Build
         "zone-1-setpoint",
         "zone-1-temp",
         "zone-2-temp",
+        "zone-3-temp",
     ]
 
 
@@ -223,6 +229,53 @@ async def test_setpoint_written_by_rest_lands_at_priority_12_and_lock_at_its_pri
     )
     assert (status, body["error"]["code"]) == (422, "out_of_range"), body
     assert building.sim.priority_array("analog-value,1")[12 - 1] == 23.5
+
+
+async def test_relinquish_by_rest_empties_slot_12_and_restores_the_relinquish_default(
+    building: Building,
+) -> None:
+    await building.wait_point("zone-1-setpoint", value=21.0, quality="good")
+    done = await building.command("zone-1-setpoint", 26.0)
+    assert done["status"] == "acknowledged", done
+    assert building.sim.priority_array("analog-value,1")[12 - 1] == 26.0
+    await building.wait_point("zone-1-setpoint", value=26.0)
+
+    done = await building.command("zone-1-setpoint", None, action="relinquish")
+    assert (done["status"], done["action"], done["value"]) == ("acknowledged", "relinquish", None), done
+    assert done["readback"] == 21.0  # the relinquish default: no other slot is set
+    assert done["detail"] == "relinquished; device reads back 21.0"
+    assert building.sim.priority_array("analog-value,1") == [None] * 16
+    assert building.sim.present_value("analog-value,1") == 21.0
+    await building.wait_point("zone-1-setpoint", value=21.0, quality="good")
+
+    # The hub refuses a relinquish with a value, and one of a read-only point.
+    status, body = await building.hub.post(
+        "/commands", {"device": BUILDING, "point": "zone-1-setpoint", "value": 3, "action": "relinquish"}
+    )
+    assert (status, body["error"]["message"]) == (400, "value: a relinquish takes no value"), body
+    status, body = await building.hub.post(
+        "/commands", {"device": BUILDING, "point": "fire-3", "action": "relinquish"}
+    )
+    assert (status, body["error"]["code"]) == (409, "point_not_writable"), body
+
+
+async def test_a_write_to_an_input_is_refused_by_the_device_with_the_bacnet_error_in_the_ack(
+    building: Building,
+) -> None:
+    await building.wait_point("zone-3-temp", value=21.5, quality="good")
+    done = await building.command("zone-3-temp", 30.0)
+    assert done["status"] == "failed", done
+    assert done["detail"] == (
+        f"PointError: {BUILDING} (device,{INSTANCE} at 127.0.0.1:{building.dev_port}): "
+        "write 30.0 to analog-input,3 present-value: property: write-access-denied"
+    )
+    assert building.sim.present_value("analog-input,3") == 21.5
+    # and a relinquish of an input is refused by the driver before anything is sent
+    done = await building.command("zone-3-temp", None, action="relinquish")
+    assert done["status"] == "failed", done
+    assert done["detail"] == (
+        f"PointError: {BUILDING}.zone-3-temp: relinquish needs a writable commandable present-value"
+    )
 
 
 async def test_cov_changes_reach_the_hub_without_waiting_for_the_poll(building: Building) -> None:
