@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import ObjectIdentifier
 
 from drivers.base import DeviceUnavailable, DriverError, PointReading, PushedUpdate
@@ -117,9 +116,8 @@ async def _subscribed(
 ) -> None:
     """Subscribe and pump notifications; returns to resubscribe, raises DriverError."""
     app = driver.app
-    scm = app.change_of_value(
-        Address(dev.bacpypes_address()), ObjectIdentifier(p.object), lifetime=dev.cov_lifetime_s
-    )
+    addr = await driver.resolve(dev)
+    scm = app.change_of_value(addr, ObjectIdentifier(p.object), lifetime=dev.cov_lifetime_s)
     async with driver.lock:
         await driver.call(dev, what, scm.__aenter__())
     link.answered()
