@@ -229,9 +229,10 @@ def parser() -> argparse.ArgumentParser:
     # `scan <bus kind>`: each kind registers its own sub-subcommand (scan dali, scan bacnet, ...)
     scan = sub.add_parser("scan", help="discover and commission devices on a bus, with progress")
     scans = scan.add_subparsers(dest="scan_kind", required=True)
-    from . import cli_dali  # imports this module: loaded here, not at the top
+    from . import cli_bacnet, cli_dali  # import this module: loaded here, not at the top
 
     cli_dali.register(sub, scans)
+    cli_bacnet.register(sub, scans)
     return p
 
 
