@@ -13,11 +13,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from hubtest import eventually
+
 from drivers.bacnet import BacnetDeviceConfig
 from edge import config as edge_config
 from edge.daemon import Edge
 from firmware_sim.bacnet import BuildingSim
-from hubtest import eventually
 
 
 def udp_ports(n: int) -> list[int]:
