@@ -67,6 +67,9 @@ class Edge:
             self.config.gateway.id, self.devices, self.pollers, self.outbox, self.counters
         )
         self.uplink = Uplink(self.config, self.outbox, self.seqs, self.counters, self.executor.submit)
+        for poller in self.pollers.values():  # units learned from devices go into the birth
+            poller.learned_units = self.uplink.learned_units
+            poller.on_units = self.uplink.rebirth
         self.tasks: dict[str, TaskHealth] = {}
 
     # -- supervision --------------------------------------------------------------------------
@@ -181,7 +184,8 @@ class Edge:
                         "device": d.config.id,
                         "point": ps.config.id,
                         "value": ps.value,
-                        "unit": ps.config.unit,
+                        "unit": ps.config.unit
+                        or self.uplink.learned_units.get((d.config.id, ps.config.id), ""),
                         "quality": ps.quality.value if ps.quality else None,
                         "ts_ms": ps.ts_ms or None,
                         "writable": ps.config.writable,

@@ -51,12 +51,13 @@ data_dir: {data_dir}
 control_socket: {sock}
 publish: {{max_delay_ms: 20, full_report_s: 60}}
 buses:
-  - {{id: bms, driver: bacnet, address: "127.0.0.1:{gw_port}", apdu_timeout_s: 0.5, apdu_retries: 1}}
+  # The building has no address in the config: found by Who-Is for its instance.
+  - {{id: bms, driver: bacnet, address: "127.0.0.1:{gw_port}", apdu_timeout_s: 0.5, apdu_retries: 1,
+      who_is_to: "127.0.0.1:{dev_port}", who_is_timeout_s: 0.5}}
 devices:
   - id: {BUILDING}
     bus: bms
     kind: building
-    address: "127.0.0.1:{dev_port}"
     device_instance: {INSTANCE}
     points:
       - {{id: fire-3, object: "binary-input,3", alarm: fire, interval_s: 0.2}}
@@ -64,7 +65,8 @@ devices:
       - {{id: zone-1-temp, object: "analog-input,1", unit: °C, interval_s: 0.2}}
       - {{id: zone-1-setpoint, object: "analog-value,1", unit: °C, writable: true, min: 5, max: 35, interval_s: 0.2}}
       - {{id: door-1-lock, object: "binary-output,1", writable: true, priority: 10, interval_s: 0.2}}
-      - {{id: energy, object: "analog-input,100", unit: kWh, interval_s: 1}}
+      # no unit configured: the device's units (kilowatt-hours) go into the birth
+      - {{id: energy, object: "analog-input,100", interval_s: 1}}
       # An input declared writable by mistake: the device refuses, the ack says why.
       - {{id: zone-3-temp, object: "analog-input,3", unit: °C, writable: true, interval_s: 1}}
       # COV points, polled only every minute: a change seen sooner came by COV.
@@ -141,7 +143,8 @@ async def building(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Buildi
 async def test_objects_appear_at_the_hub_as_a_device_with_points(building: Building) -> None:
     temp = await building.wait_point("zone-1-temp", value=20.5, quality="good")
     assert temp["unit"] == "°C"
-    await building.wait_point("energy", value=12345.5, quality="good")
+    # the unit learned from the device reaches the hub in a second birth
+    await building.wait_point("energy", value=12345.5, quality="good", unit="kWh")
     await building.wait_point("fire-3", value=False, quality="good")
     await building.wait_point("door-1-lock", value=True, quality="good")
     status, devices = await building.hub.get("/devices", gateway=GW)
