@@ -148,6 +148,7 @@ class Edge:
                     "restarts": self.tasks.get(f"poller-{bus_id}", TaskHealth()).restarts,
                     "pushed": p.pushed_total,
                     "budget": _budget(p),
+                    "cov": _cov(p),
                 }
                 for bus_id, p in self.pollers.items()
             ],
@@ -267,6 +268,15 @@ def _budget(poller: BusPoller) -> dict[str, Any] | None:
     if not callable(budget):
         return None
     result: dict[str, Any] = budget()
+    return result
+
+
+def _cov(poller: BusPoller) -> list[dict[str, Any]] | None:
+    """COV subscriptions of a driver that keeps them (``cov_status()``: state, renewals ...)."""
+    status = getattr(poller.driver, "cov_status", None)
+    if not callable(status):
+        return None
+    result: list[dict[str, Any]] = status()
     return result
 
 

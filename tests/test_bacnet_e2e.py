@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -121,14 +122,22 @@ class Building:
 
 @pytest.fixture
 async def building(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Building]:
+    async with run_building(tmp_path, mosquitto) as b:
+        yield b
+
+
+@contextlib.asynccontextmanager
+async def run_building(
+    tmp_path: Path, mosquitto: Mosquitto, *, cov: bool = True, cov_interval_s: float = 60
+) -> AsyncIterator[Building]:
+    """Simulator (``cov=False``: rejects SubscribeCOV), hub and edge, all running."""
     gw_port, dev_port = udp_ports(2)
-    async with BuildingSim(port=dev_port, instance=INSTANCE) as sim:
+    async with BuildingSim(port=dev_port, instance=INSTANCE, cov=cov) as sim:
         hub = await start_hub(_settings(tmp_path, mosquitto))
         sock_dir = Path(tempfile.mkdtemp(prefix="cn-", dir="/tmp"))  # AF_UNIX paths are short
         path = tmp_path / "edge.yaml"
-        path.write_text(
-            edge_yaml(mosquitto.port, tmp_path / "edge", sock_dir / "edge.sock", gw_port, dev_port)
-        )
+        text = edge_yaml(mosquitto.port, tmp_path / "edge", sock_dir / "edge.sock", gw_port, dev_port)
+        path.write_text(text.replace("cov: true, interval_s: 60", f"cov: true, interval_s: {cov_interval_s}"))
         edge = Edge(edge_config.load(path))
         task = asyncio.create_task(edge.run())
         try:
@@ -300,6 +309,49 @@ async def test_cov_changes_reach_the_hub_without_waiting_for_the_poll(building: 
     assert time.monotonic() - started < 1.0  # the next poll is a minute away
     status = await building.edge.op_status({})
     assert status["buses"][0]["pushed"] >= 2
+    # `citynerve-edge status` shows the subscriptions and what they delivered
+    cov = {c["point"]: c for c in status["buses"][0]["cov"]}
+    assert (cov["zone-2-temp"]["state"], cov["fire-4"]["state"]) == ("subscribed", "subscribed")
+    assert cov["zone-2-temp"]["notifications"] >= 2  # the initial value and the change
+    rc, out, err = await edge_cli("status", "--socket", str(building.edge.config.socket_path))
+    assert rc == 0, err
+    rows = [line.split() for line in out.splitlines() if line.startswith(BUILDING) and "subscribed" in line]
+    assert [(r[1], r[2], r[3]) for r in rows] == [
+        ("fire-4", "bms", "subscribed"),
+        ("zone-2-temp", "bms", "subscribed"),
+    ]
+
+
+async def edge_cli(*argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_device_that_rejects_cov_is_polled_and_status_says_so(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with run_building(tmp_path, mosquitto, cov=False, cov_interval_s=0.5) as building:
+        await building.wait_point("zone-2-temp", value=21.0, quality="good")
+        driver = building.edge.pollers["bms"].driver
+        assert isinstance(driver, BacnetDriver)
+
+        async def polled() -> bool:
+            return all(state is CovState.POLLED for state, _ in driver.cov_states.values())
+
+        await eventually(polled, 5)
+        building.sim.set_temperature(2, 24.0)
+        await building.wait_point("zone-2-temp", value=24.0, quality="good")  # by the poll
+        status = await building.edge.op_status({})
+        cov = {c["point"]: c for c in status["buses"][0]["cov"]}
+        assert cov["zone-2-temp"]["state"] == "polled"
+        assert cov["zone-2-temp"]["reason"].endswith(
+            "subscribe-cov analog-input,2 for town-hall.zone-2-temp: rejected: unrecognized-service"
+        )
+        assert cov["zone-2-temp"]["notifications"] == 0
 
 
 async def _subscribed(driver: BacnetDriver, points: tuple[str, ...]) -> bool:

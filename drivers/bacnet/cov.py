@@ -126,7 +126,8 @@ async def _subscribed(
     values: dict[str, Any] = {}
     try:
         while True:
-            _check_renewal(driver, dev, scm, what)
+            if _check_renewal(driver, dev, scm, what):
+                driver.cov_counts(dev.id, p.id)[0] += 1
             if back.is_set():
                 # The device stopped answering and came back: it may have restarted and
                 # forgotten us long before the next renewal.
@@ -140,6 +141,7 @@ async def _subscribed(
             if not scm.queue.empty() or "present-value" not in values:
                 continue  # one notification carries present-value and status-flags: take both
             reading: PointReading = driver.reading(p, values["present-value"], values.get("status-flags"))
+            driver.cov_counts(dev.id, p.id)[1] += 1
             emit(PushedUpdate(dev.id, reading, int(time.time() * 1000)))
     finally:
         # Abandon, do not unsubscribe: the subscription ends with its lifetime, and a
@@ -150,17 +152,19 @@ async def _subscribed(
         await _abandon(scm.__aexit__(asyncio.CancelledError, asyncio.CancelledError(), None))
 
 
-def _check_renewal(driver: BacnetDriver, dev: BacnetDeviceConfig, scm: Any, what: str) -> None:
-    """Raise the error of a failed renewal (bacpypes3 leaves it in a task nobody awaits)."""
+def _check_renewal(driver: BacnetDriver, dev: BacnetDeviceConfig, scm: Any, what: str) -> bool:
+    """True once per renewal done; raise the error of a failed one (bacpypes3 leaves it in a task
+    nobody awaits)."""
     task = scm.refresh_subscription_task
     if task is None or not task.done():
-        return
+        return False
     scm.refresh_subscription_task = None
     if task.cancelled():
-        return
+        return False
     err = task.exception()
     if err is not None:
         raise driver.translate(dev, f"renew {what}", err)
+    return True
 
 
 async def _abandon(exiting: Awaitable[Any]) -> None:

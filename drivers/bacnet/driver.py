@@ -137,6 +137,7 @@ class BacnetDriver:
         self._names: dict[tuple[str, str], str] = {}  # (device, object) -> object-name
         self._found: dict[str, str] = {}  # device id -> ip:port found by Who-Is
         self.cov_states: dict[tuple[str, str], tuple[CovState, str]] = {}
+        self._cov_counts: dict[tuple[str, str], list[int]] = {}  # [renewals, notifications]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -448,6 +449,32 @@ class BacnetDriver:
                             name=f"bacnet-cov-{self.bus.id}-{dev.id}-{p.id}",
                         )
                     )
+
+    def cov_counts(self, device: str, point: str) -> list[int]:
+        """The mutable [renewals, notifications] counters of one COV point."""
+        return self._cov_counts.setdefault((device, point), [0, 0])
+
+    def cov_status(self) -> list[dict[str, Any]]:
+        """Per ``cov: true`` point: state (subscribed, polled ...), why, renewals and notifications."""
+        out = []
+        for dev in self.devices:
+            for p in dev.points:
+                if not p.cov:
+                    continue
+                state, why = self.cov_states.get((dev.id, p.id), ("not started", ""))
+                renewals, notes = self.cov_counts(dev.id, p.id)
+                out.append(
+                    {
+                        "device": dev.id,
+                        "point": p.id,
+                        "state": str(state),
+                        "reason": why,
+                        "lifetime_s": dev.cov_lifetime_s,
+                        "renewals": renewals,
+                        "notifications": notes,
+                    }
+                )
+        return out
 
     def _cov_setter(self, dev: BacnetDeviceConfig, p: BacnetPointConfig) -> Any:
         def set_state(state: CovState, why: str) -> None:
