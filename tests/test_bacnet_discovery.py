@@ -174,3 +174,29 @@ def test_check_config_prints_the_clashes(tmp_path: Path, capsys: pytest.CaptureF
     assert edge_main(["check-config", str(path)]) == EXIT_BAD_CONFIG
     err = capsys.readouterr().err.replace(str(path), "edge.yaml")
     assert err.splitlines() == EXPECTED
+
+
+def test_birth_takes_learned_units_where_the_config_has_none(tmp_path: Path) -> None:
+    from edge.uplink import birth_message
+
+    path = tmp_path / "edge.yaml"
+    path.write_text(
+        CLASH.split("devices:")[0]
+        + """devices:
+  - id: town-hall
+    bus: bms
+    kind: building
+    address: 127.0.0.1:47901
+    device_instance: 1001
+    points:
+      - {id: temp, object: "analog-input,1", unit: degC}
+      - {id: energy, object: "analog-input,100"}
+      - {id: fire, object: "binary-input,1"}
+"""
+    )
+    cfg = edge_config.load(path)
+    learned = {("town-hall", "temp"): "°C", ("town-hall", "energy"): "kWh"}
+    (dev,) = birth_message(cfg, 1, learned).devices
+    # the configured unit wins; the learned one fills the gap; nothing learned stays empty
+    assert [(p.id, p.unit) for p in dev.points] == [("temp", "degC"), ("energy", "kWh"), ("fire", "")]
+    assert [p.unit for p in birth_message(cfg, 1).devices[0].points] == ["degC", "", ""]

@@ -269,6 +269,10 @@ async def test_relinquish_by_rest_empties_slot_12_and_restores_the_relinquish_de
         "/commands", {"device": BUILDING, "point": "fire-3", "action": "relinquish"}
     )
     assert (status, body["error"]["code"]) == (409, "point_not_writable"), body
+    status, body = await building.hub.post(
+        "/commands", {"device": BUILDING, "point": "zone-1-setpoint", "action": "toggle"}
+    )
+    assert (status, body["error"]["message"]) == (400, "action: one of set, relinquish"), body
 
 
 async def test_a_write_to_an_input_is_refused_by_the_device_with_the_bacnet_error_in_the_ack(
