@@ -96,11 +96,11 @@ class CommandExecutor:
     def _ack(self, cmd: Command, status: AckStatus, detail: str, value: Value = None) -> None:
         log_fn = log.info if status is AckStatus.OK else log.warning
         log_fn(
-            "command %s %s.%s=%r from %s: %s %s",
+            "command %s %s.%s%s from %s: %s %s",
             cmd.id,
             cmd.device,
             cmd.point,
-            cmd.value,
+            " relinquish" if cmd.action is CommandAction.RELINQUISH else f"={cmd.value!r}",
             cmd.source or "?",
             status.value,
             detail,
