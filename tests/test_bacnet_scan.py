@@ -13,7 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hubtest import eventually
+from broker import Mosquitto
+from hubtest import _settings, eventually, start_hub
 
 from drivers.bacnet import BacnetDeviceConfig
 from edge import config as edge_config
@@ -152,3 +153,63 @@ async def test_scan_without_config_or_local_says_what_to_give() -> None:
     assert (
         err.strip() == "citynerve-edge: give --config FILE (the bacnet bus to scan from) or --local IP[/mask]"
     )
+
+
+async def test_a_scanned_building_runs_and_its_objects_appear_at_the_hub(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """scan -> starter config -> edge -> Mosquitto -> hub: every object a point, with units."""
+    (dev_port, gw_port) = udp_ports(2)
+    starter = tmp_path / "starter.yaml"
+    async with BuildingSim(port=dev_port, instance=1001, name="Town Hall") as sim:
+        rc, _, err = await cli(
+            "scan",
+            "bacnet",
+            "--local",
+            "127.0.0.1",
+            "--target",
+            f"127.0.0.1:{dev_port}",
+            "--write-config",
+            str(starter),
+        )
+        assert rc == 0, err
+        # What the technician adds: the bus's own port, the broker, local paths.
+        sock_dir = Path(tempfile.mkdtemp(prefix="cn-", dir="/tmp"))
+        text = starter.read_text().replace("id: CHANGE-ME", "id: bms-gw")
+        text = text.replace("address: 127.0.0.1\n", f"address: 127.0.0.1:{gw_port}\n", 1)
+        text += (
+            f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}}}\n"
+            f"data_dir: {tmp_path / 'edge'}\ncontrol_socket: {sock_dir / 'edge.sock'}\n"
+            "publish: {max_delay_ms: 20}\n"
+        )
+        cfg_path = tmp_path / "edge.yaml"
+        cfg_path.write_text(text)
+        hub = await start_hub(_settings(tmp_path, mosquitto))
+        edge = Edge(edge_config.load(cfg_path))
+        task = asyncio.create_task(edge.run())
+        try:
+
+            async def all_points_good() -> bool:
+                status, body = await hub.get("/devices/town-hall/points")
+                return (
+                    status == 200
+                    and len(body["items"]) == 20
+                    and all(p["quality"] == "good" for p in body["items"])
+                )
+
+            await eventually(all_points_good, 20)
+            _, body = await hub.get("/devices/town-hall/points")
+            points = {p["id"]: p for p in body["items"]}
+            assert (points["zone-1-temperature"]["value"], points["zone-1-temperature"]["unit"]) == (
+                20.5,
+                "°C",
+            )
+            assert (points["energy-meter"]["value"], points["energy-meter"]["unit"]) == (12345.5, "kWh")
+            assert (points["fire-zone-3"]["type"], points["fire-zone-3"]["value"]) == ("bool", False)
+            assert (points["zone-1-mode"]["type"], points["zone-1-mode"]["value"]) == ("int", 4)
+            assert sim.present_value("analog-input,1") == 20.5
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await hub.client.close()
