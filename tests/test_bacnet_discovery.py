@@ -200,3 +200,16 @@ def test_birth_takes_learned_units_where_the_config_has_none(tmp_path: Path) -> 
     # the configured unit wins; the learned one fills the gap; nothing learned stays empty
     assert [(p.id, p.unit) for p in dev.points] == [("temp", "degC"), ("energy", "kWh"), ("fire", "")]
     assert [p.unit for p in birth_message(cfg, 1).devices[0].points] == ["degC", "", ""]
+
+
+def test_a_gateway_on_every_address_clashes_with_a_loopback_device_on_its_port(tmp_path: Path) -> None:
+    text = CLASH.replace("address: 127.0.0.1:47900\n", "address: 0.0.0.0:47901\n", 1)
+    text = text.split("  - id: library")[0]
+    path = tmp_path / "edge.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        edge_config.load(path)
+    assert [str(i).replace(str(path), "edge.yaml") for i in info.value.issues] == [
+        "edge.yaml:11: devices[0].address: 127.0.0.1:47901 is the gateway's own address on bus 'bms' "
+        "(give the device or the bus another port)"
+    ]

@@ -241,7 +241,10 @@ def check_bus(bus: BacnetBusConfig, devices: list[BacnetDeviceConfig]) -> list[t
         addr = d.bacpypes_address()
         if addr is None:
             continue
-        if addr == gw:
+        dev_ip, _, dev_port = addr.rpartition(":")
+        # 0.0.0.0 binds every local address: a device on this host at the bus port clashes too
+        local = dev_ip.startswith("127.") or dev_ip == gw_ip
+        if addr == gw or (gw_ip == "0.0.0.0" and int(dev_port) == bus.port and local):
             out.append(
                 (
                     d.id,
