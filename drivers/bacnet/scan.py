@@ -20,7 +20,7 @@ from bacpypes3.primitivedata import ObjectIdentifier, PropertyIdentifier
 from drivers.base import DriverError
 
 from .config import OBJECT_TYPES
-from .driver import BacnetDriver, error_text, unit_symbol
+from .driver import BacnetDriver, _is_no_response, error_text, unit_symbol
 
 Progress = Callable[[str], None]
 
@@ -67,7 +67,9 @@ async def describe_object(driver: BacnetDriver, addr: Address, obj: str) -> dict
         result = await driver.app.read_property_multiple(addr, [obj, props])
         for _oid, prop, _index, value in result:
             found[str(PropertyIdentifier(prop))] = value
-    except ErrorRejectAbortNack:
+    except ErrorRejectAbortNack as err:
+        if _is_no_response(err):  # the device went away: give up on it, not on each property
+            raise DriverError(f"no answer to read-property-multiple of {obj}") from None
         for prop in props:  # ReadPropertyMultiple not supported (or refused): one at a time
             try:
                 found[prop] = await _rp(driver, addr, obj, prop)
