@@ -67,6 +67,9 @@ class Edge:
             self.config.gateway.id, self.devices, self.pollers, self.outbox, self.counters
         )
         self.uplink = Uplink(self.config, self.outbox, self.seqs, self.counters, self.executor.submit)
+        for poller in self.pollers.values():  # units learned from devices go into the birth
+            poller.learned_units = self.uplink.learned_units
+            poller.on_units = self.uplink.rebirth
         self.tasks: dict[str, TaskHealth] = {}
 
     # -- supervision --------------------------------------------------------------------------
@@ -145,6 +148,7 @@ class Edge:
                     "restarts": self.tasks.get(f"poller-{bus_id}", TaskHealth()).restarts,
                     "pushed": p.pushed_total,
                     "budget": _budget(p),
+                    "cov": _cov(p),
                 }
                 for bus_id, p in self.pollers.items()
             ],
@@ -181,7 +185,8 @@ class Edge:
                         "device": d.config.id,
                         "point": ps.config.id,
                         "value": ps.value,
-                        "unit": ps.config.unit,
+                        "unit": ps.config.unit
+                        or self.uplink.learned_units.get((d.config.id, ps.config.id), ""),
                         "quality": ps.quality.value if ps.quality else None,
                         "ts_ms": ps.ts_ms or None,
                         "writable": ps.config.writable,
@@ -263,6 +268,15 @@ def _budget(poller: BusPoller) -> dict[str, Any] | None:
     if not callable(budget):
         return None
     result: dict[str, Any] = budget()
+    return result
+
+
+def _cov(poller: BusPoller) -> list[dict[str, Any]] | None:
+    """COV subscriptions of a driver that keeps them (``cov_status()``: state, renewals ...)."""
+    status = getattr(poller.driver, "cov_status", None)
+    if not callable(status):
+        return None
+    result: list[dict[str, Any]] = status()
     return result
 
 
