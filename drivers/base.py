@@ -203,3 +203,6 @@ class DriverSpec:
     device_model: type[DeviceConfigBase]
     factory: Any  # Callable[[bus_config, Sequence[device_config]], BusDriver]
     description: str = ""
+    # Optional clash check across the devices of one bus, run by config validation:
+    # Callable[[bus_config, list[device_config]], list[(device id, field, message)]].
+    check: Any = None

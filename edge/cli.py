@@ -94,6 +94,27 @@ def _print_status(s: dict[str, Any]) -> None:
             ["DEVICE", "BUS", "KIND", "HEALTH", "LAST OK", "LAST ERROR"],
         )
     )
+    _print_cov(s)
+
+
+def _print_cov(s: dict[str, Any]) -> None:
+    """COV subscriptions (BACnet), if any bus keeps them: state, renewals, notifications."""
+    rows = [
+        [
+            c["device"],
+            c["point"],
+            b["id"],
+            c["state"],
+            str(c["renewals"]),
+            str(c["notifications"]),
+            c["reason"],
+        ]
+        for b in s["buses"]
+        for c in b.get("cov") or []
+    ]
+    if rows:
+        print()
+        print(_table(rows, ["COV DEVICE", "POINT", "BUS", "STATE", "RENEWALS", "NOTIFIED", "REASON"]))
 
 
 def _fmt_value(v: Any) -> str:
@@ -233,9 +254,10 @@ def parser() -> argparse.ArgumentParser:
     # `scan <bus kind>`: each kind registers its own sub-subcommand (scan dali, scan bacnet, ...)
     scan = sub.add_parser("scan", help="discover and commission devices on a bus, with progress")
     scans = scan.add_subparsers(dest="scan_kind", required=True)
-    from . import cli_dali  # imports this module: loaded here, not at the top
+    from . import cli_bacnet, cli_dali  # import this module: loaded here, not at the top
 
     cli_dali.register(sub, scans)
+    cli_bacnet.register(sub, scans)
     return p
 
 

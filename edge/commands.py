@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from drivers import DriverError, PointConfigBase
-from wire import Ack, AckStatus, Command, PointType, Value
+from wire import Ack, AckStatus, Command, CommandAction, PointType, Value
 
 from .outbox import Outbox
 from .poller import BusPoller
@@ -112,11 +112,11 @@ class CommandExecutor:
     def _ack(self, cmd: Command, status: AckStatus, detail: str, value: Value = None) -> None:
         log_fn = log.info if status is AckStatus.OK else log.warning
         log_fn(
-            "command %s %s.%s=%r from %s: %s %s",
+            "command %s %s.%s%s from %s: %s %s",
             cmd.id,
             cmd.device,
             cmd.point,
-            cmd.value,
+            " relinquish" if cmd.action is CommandAction.RELINQUISH else f"={cmd.value!r}",
             cmd.source or "?",
             status.value,
             detail,
@@ -146,12 +146,19 @@ class CommandExecutor:
                 cmd, AckStatus.REJECTED, f"device {cmd.device!r} has no point {cmd.point!r} (points: {known})"
             )
             return
-        problem = check_value(ps.config, cmd.value)
+        relinquish = cmd.action is CommandAction.RELINQUISH
+        if relinquish:
+            problem = None if ps.config.writable else f"point {ps.config.id!r} is read-only"
+        else:
+            problem = check_value(ps.config, cmd.value)
         if problem:
             self._ack(cmd, AckStatus.REJECTED, problem)
             return
         poller = self.pollers[dev.config.bus]
         wait = min(MAX_WRITE_WAIT_S, max(0.1, (cmd.expires_at_ms - now) / 1000))
+        if relinquish:
+            await self._relinquish(cmd, poller, dev, ps.config, wait)
+            return
         try:
             async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancellation on 3.11
                 value = await poller.write(dev, ps.config, cmd.value)
@@ -167,3 +174,27 @@ class CommandExecutor:
         if value != cmd.value:
             detail = f"written; device reads back {value!r}"
         self._ack(cmd, AckStatus.OK, detail, value)
+
+    async def _relinquish(
+        self, cmd: Command, poller: BusPoller, dev: DeviceState, point: PointConfigBase, wait: float
+    ) -> None:
+        """Hand the point back (BACnet: NULL at its priority) through the driver, ahead of polling."""
+
+        async def run(driver: object) -> Value:
+            fn = getattr(driver, "relinquish", None)
+            if not callable(fn):
+                raise DriverError(f"{poller.bus.driver} points cannot be relinquished")
+            value: Value = await fn(dev.config, point)
+            return value
+
+        try:
+            value = await asyncio.wait_for(poller.call(run), wait)
+        except TimeoutError:
+            what = f"bus {dev.config.bus} did not complete the relinquish within {wait:.1f}s"
+            self._ack(cmd, AckStatus.FAILED, what)
+            return
+        except DriverError as err:
+            self._ack(cmd, AckStatus.FAILED, f"{type(err).__name__}: {err}")
+            return
+        poller.record_now(dev, point, value)
+        self._ack(cmd, AckStatus.OK, f"relinquished; device reads back {value!r}", value)

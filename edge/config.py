@@ -275,6 +275,7 @@ def build(data: dict[str, Any], filename: str, lines: dict[Loc, int]) -> EdgeCon
 
     devices: list[DeviceConfigBase] = []
     seen_devices: dict[str, int] = {}
+    device_index: dict[str, int] = {}
     for i, raw in enumerate(_expand_templates(data, filename, lines, issues)):
         loc = ("devices", i)
         if raw is None:  # its template could not be applied; already reported
@@ -332,6 +333,9 @@ def build(data: dict[str, Any], filename: str, lines: dict[Loc, int]) -> EdgeCon
         if dup:
             continue
         devices.append(dev)
+        device_index[dev.id] = i
+
+    issues += _bus_clashes(buses, devices, device_index, filename, lines)
 
     if base is not None and base.mqtt.password_file is not None:
         pw = base.mqtt.password_file
@@ -354,6 +358,26 @@ def build(data: dict[str, Any], filename: str, lines: dict[Loc, int]) -> EdgeCon
             "source": filename,
         }
     )
+
+
+def _bus_clashes(
+    buses: list[BusConfigBase],
+    devices: list[DeviceConfigBase],
+    device_index: dict[str, int],
+    filename: str,
+    lines: dict[Loc, int],
+) -> list[ConfigIssue]:
+    """Clashes between devices of one bus, from the driver's ``check`` (e.g. two BACnet devices
+    with one instance)."""
+    issues: list[ConfigIssue] = []
+    for bus in buses:
+        spec = get_driver(bus.driver)
+        if spec.check is None:
+            continue
+        for dev_id, fld, msg in spec.check(bus, [d for d in devices if d.bus == bus.id]):
+            loc: Loc = ("devices", device_index[dev_id], fld)
+            issues.append(ConfigIssue(filename, line_of(lines, loc), format_loc(loc), msg))
+    return issues
 
 
 def _hash(data: dict[str, Any]) -> str:

@@ -81,6 +81,9 @@ class Edge:
         )
         self.executor.seen_log = self.buffer  # command ids survive restarts
         self.uplink = Uplink(self.config, self.outbox, self.seqs, self.counters, self.executor.submit)
+        for poller in self.pollers.values():  # units learned from devices go into the birth
+            poller.learned_units = self.uplink.learned_units
+            poller.on_units = self.uplink.rebirth
         self.tasks: dict[str, TaskHealth] = {}
         self.stall_min_s = 120.0  # a running poller whose loop has not turned for this long is stalled
 
@@ -174,6 +177,7 @@ class Edge:
                     "restarts": self.tasks.get(f"poller-{bus_id}", TaskHealth()).restarts,
                     "pushed": p.pushed_total,
                     "budget": _budget(p),
+                    "cov": _cov(p),
                 }
                 for bus_id, p in self.pollers.items()
             ],
@@ -214,7 +218,8 @@ class Edge:
                         "device": d.config.id,
                         "point": ps.config.id,
                         "value": ps.value,
-                        "unit": ps.config.unit,
+                        "unit": ps.config.unit
+                        or self.uplink.learned_units.get((d.config.id, ps.config.id), ""),
                         "quality": ps.quality.value if ps.quality else None,
                         "ts_ms": ps.ts_ms or None,
                         "writable": ps.config.writable,
@@ -338,6 +343,15 @@ def _budget(poller: BusPoller) -> dict[str, Any] | None:
     if not callable(budget):
         return None
     result: dict[str, Any] = budget()
+    return result
+
+
+def _cov(poller: BusPoller) -> list[dict[str, Any]] | None:
+    """COV subscriptions of a driver that keeps them (``cov_status()``: state, renewals ...)."""
+    status = getattr(poller.driver, "cov_status", None)
+    if not callable(status):
+        return None
+    result: list[dict[str, Any]] = status()
     return result
 
 

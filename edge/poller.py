@@ -99,6 +99,11 @@ class BusPoller:
         self.pushed_total = 0
         self.driver: BusDriver | None = None  # the open driver, while running
         self.heartbeat = time.monotonic()  # each turn of the polling loop: the watchdog checks it
+        # Units read from the devices (drivers with ``units()``), for points without a configured
+        # unit; ``on_units`` is called when one is learned (the daemon publishes a new birth).
+        self.learned_units: dict[tuple[str, str], str] = {}
+        self.on_units: Callable[[], None] | None = None
+        self._units_asked: set[str] = set()
 
     def _make_groups(self) -> list[_Group]:
         groups = []
@@ -117,6 +122,10 @@ class BusPoller:
         self._wake.set()
         return await req.done
 
+    def record_now(self, device: DeviceState, point: PointConfigBase, value: Value) -> None:
+        """Record a value the driver just read back (after a relinquish), reported at once."""
+        self._record(device, device.points[point.id], value, Quality.GOOD, "", now_ms(), force=True)
+
     async def call(self, fn: Callable[[BusDriver], Awaitable[Any]]) -> Any:
         """Run ``fn(driver)`` on this bus ahead of polling (as writes are) and return its result.
 
@@ -131,6 +140,7 @@ class BusPoller:
         """Poll forever; returns only by cancellation. Driver errors never escape."""
         driver = self._driver_factory()
         async with driver:
+            self._units_asked = set()
             self.running = True
             self.driver = driver
             try:
@@ -248,6 +258,32 @@ class BusPoller:
         self.points_read += len(readings)
         self._device_ok(dev, ts)
         self._record_all(dev, readings, ts)
+        if dev.config.id not in self._units_asked:
+            await self._learn_units(driver, dev)
+
+    async def _learn_units(self, driver: BusDriver, dev: DeviceState) -> None:
+        """Once per driver opening, after the device's first good read: the units of its points
+        that have none configured, from the device (``driver.units``); new ones -> ``on_units``."""
+        self._units_asked.add(dev.config.id)
+        units = getattr(driver, "units", None)
+        if not callable(units):
+            return
+        learned = 0
+        for p in dev.config.points:
+            if p.unit:
+                continue
+            try:
+                unit = await units(dev.config, p)
+            except DriverError as err:
+                log.debug("bus %s: units of %s.%s not read: %s", self.bus.id, dev.config.id, p.id, err)
+                continue
+            if unit and self.learned_units.get((dev.config.id, p.id)) != unit:
+                self.learned_units[(dev.config.id, p.id)] = unit
+                learned += 1
+        if learned:
+            log.info("bus %s: %d units learned from device %s", self.bus.id, learned, dev.config.id)
+            if self.on_units is not None:
+                self.on_units()
 
     async def _consume(self, updates: AsyncIterator[PushedUpdate]) -> None:
         """Record pushed updates as they come; an update with an event kind is an event at once."""

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,15 @@ def read_secret(env_name: str, file: Path | None) -> str | None:
     return os.environ.get(env_name) or None
 
 
-def birth_message(config: EdgeConfig, session: int) -> wire.Birth:
-    """Describe this gateway's devices and points for the hub's registry."""
+def birth_message(
+    config: EdgeConfig, session: int, units: Mapping[tuple[str, str], str] | None = None
+) -> wire.Birth:
+    """Describe this gateway's devices and points for the hub's registry.
+
+    ``units``: (device, point) -> unit learned from the device (BACnet ``units``), used where
+    the config gives none: a configured unit always wins.
+    """
+    learned = units or {}
     return wire.Birth(
         session=session,
         software_version=SOFTWARE_VERSION,
@@ -60,7 +67,7 @@ def birth_message(config: EdgeConfig, session: int) -> wire.Birth:
                     wire.PointInfo(
                         id=p.id,
                         type=p.value_type(),
-                        unit=p.unit,
+                        unit=p.unit or learned.get((d.id, p.id), ""),
                         min=p.min,
                         max=p.max,
                         writable=p.writable,
@@ -108,6 +115,9 @@ class Uplink:
         self._drops_reported_at = 0.0
         # Shown by ``citynerve-edge buffer``: live or replaying, and how far the replay got.
         self.replay: dict[str, Any] = {"state": "disconnected", "backlog_at_start": 0, "replayed_messages": 0}
+        # Units learned from devices (BacnetDriver.units); a change is announced by a new birth.
+        self.learned_units: dict[tuple[str, str], str] = {}
+        self._rebirth = asyncio.Event()
 
     def _client(self) -> aiomqtt.Client:
         m = self.config.mqtt
@@ -147,6 +157,7 @@ class Uplink:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._sender(client), name=f"uplink-sender-{self.gw}")
                         tg.create_task(self._receiver(client), name=f"uplink-receiver-{self.gw}")
+                        tg.create_task(self._rebirther(client), name=f"uplink-rebirth-{self.gw}")
             except* aiomqtt.MqttError as group:
                 err = group.exceptions[0]
                 self.counters.uplink_failures += 1
@@ -166,7 +177,7 @@ class Uplink:
         await client.subscribe(self.topics.hub_status(), qos=1)
         await client.publish(
             self.topics.gateway(self.gw, Kind.BIRTH),
-            wire.encode_birth(birth_message(self.config, self.seqs.session)),
+            wire.encode_birth(birth_message(self.config, self.seqs.session, self.learned_units)),
             qos=1,
             retain=True,
         )
@@ -187,6 +198,22 @@ class Uplink:
             self.seqs.session,
         )
         self.last_error = ""
+
+    def rebirth(self) -> None:
+        """Publish the birth again (units were learned); on the next connect if not connected."""
+        self._rebirth.set()
+
+    async def _rebirther(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._rebirth.wait()
+            self._rebirth.clear()
+            await client.publish(
+                self.topics.gateway(self.gw, Kind.BIRTH),
+                wire.encode_birth(birth_message(self.config, self.seqs.session, self.learned_units)),
+                qos=1,
+                retain=True,
+            )
+            log.info("birth published again: %d units learned from devices", len(self.learned_units))
 
     # -- sending: live first, the backlog replayed beside it, each deleted after its PUBACK ------
 

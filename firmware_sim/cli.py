@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--port", type=int, default=47809, help="UDP port (not 47808: leave it to real devices)")
     bn.add_argument("--instance", type=int, default=1001, help="device instance (0..4194302)")
     bn.add_argument("--name", default="building", help="device object name")
+    bn.add_argument(
+        "--mask",
+        type=int,
+        help="subnet mask bits (e.g. 8 with --host 127.0.0.2): also answer a broadcast Who-Is "
+        "to the subnet's broadcast address at --port",
+    )
     return parser
 
 
@@ -72,7 +78,9 @@ async def run_bacnet(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with BuildingSim(host=args.host, port=args.port, instance=args.instance, name=args.name) as sim:
+    async with BuildingSim(
+        host=args.host, port=args.port, instance=args.instance, name=args.name, mask=args.mask
+    ) as sim:
         print(f"bacnet-sim ready {sim.describe()} name={args.name}", flush=True)
         await stop.wait()
     return 0

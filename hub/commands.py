@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from wire import Ack, AckStatus, Command, Kind, PointType, Value, encode_command
+from wire import Ack, AckStatus, Command, CommandAction, Kind, PointType, Value, encode_command
 
 from .config import CommandSettings
 from .counters import Counters
@@ -73,6 +73,13 @@ def check_value(pt: PointState, value: object) -> Value:
     return int(value) if pt.type == PointType.INT else value
 
 
+def command_action(stored_value: object) -> tuple[str, object]:
+    """(action, value) of a stored command: a relinquish is stored as {"action": "relinquish"}."""
+    if isinstance(stored_value, dict) and "action" in stored_value:
+        return str(stored_value["action"]), None
+    return CommandAction.SET.value, stored_value
+
+
 class Dispatcher:
     """Accepts operator commands and publishes them to the owning gateway."""
 
@@ -91,7 +98,8 @@ class Dispatcher:
         self._counters = counters
 
     async def submit(
-        self, device: str, point: str, value: object, ttl_s: float | None, source: str
+        self, device: str, point: str, value: object, ttl_s: float | None, source: str,
+        action: CommandAction = CommandAction.SET,
     ) -> tuple[dict[str, Any], GatewayState]:
         """Validate, store as pending and publish; return the stored command and its gateway."""
         dev = self._registry.devices.get(device)
@@ -102,7 +110,10 @@ class Dispatcher:
             raise ApiError(404, "unknown_point", f"device {device} has no point {point!r}")
         if not pt.writable:
             raise ApiError(409, "point_not_writable", f"point {device}.{point} is read-only")
-        checked = check_value(pt, value)
+        # A relinquish carries no value; it is stored as {"action": ...} in the value column
+        # (no schema change), see command_action().
+        checked = None if action is CommandAction.RELINQUISH else check_value(pt, value)
+        stored_value: object = checked if action is CommandAction.SET else {"action": action.value}
         ttl = self._s.default_ttl_s if ttl_s is None else ttl_s
         if not 0 < ttl <= self._s.max_ttl_s:
             raise ApiError(422, "invalid_ttl", f"ttl_s must be in (0, {self._s.max_ttl_s}]")
@@ -111,11 +122,11 @@ class Dispatcher:
         cid = uuid.uuid4()
         expires = now + int(ttl * 1000)
         await self._storage.insert_command(
-            id=cid, gateway_id=gw.id, device=device, point=point, value=checked,
+            id=cid, gateway_id=gw.id, device=device, point=point, value=stored_value,
             status=PENDING, created_ms=now, expires_ms=expires, source=source,
         )
         cmd = Command(id=str(cid), device=device, point=point, value=checked,
-                      expires_at_ms=expires, source=source)
+                      expires_at_ms=expires, source=source, action=action)
         try:
             await self._link.publish(
                 self._link.topics.gateway(gw.name, Kind.CMD), encode_command(cmd)

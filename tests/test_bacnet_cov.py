@@ -118,6 +118,10 @@ async def test_subscription_is_renewed_before_its_lifetime_ends() -> None:
             got.get_nowait()
         sim.set_temperature(1, 26.0)
         await next_update(got, "temp-1", 26.0)
+        # renewed 2 s before the end of each 5 s lifetime (at 3 s and 6 s), shown by `status`;
+        # counted when the point's task next looks, so the 6 s one may not be counted yet
+        renewals = {c["point"]: c["renewals"] for c in driver.cov_status()}
+        assert set(renewals) == {"fire-3", "temp-1"} and all(1 <= n <= 2 for n in renewals.values()), renewals
 
 
 async def test_a_device_that_refuses_cov_is_polled_instead() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -51,12 +52,13 @@ data_dir: {data_dir}
 control_socket: {sock}
 publish: {{max_delay_ms: 20, full_report_s: 60}}
 buses:
-  - {{id: bms, driver: bacnet, address: "127.0.0.1:{gw_port}", apdu_timeout_s: 0.5, apdu_retries: 1}}
+  # The building has no address in the config: found by Who-Is for its instance.
+  - {{id: bms, driver: bacnet, address: "127.0.0.1:{gw_port}", apdu_timeout_s: 0.5, apdu_retries: 1,
+      who_is_to: "127.0.0.1:{dev_port}", who_is_timeout_s: 0.5}}
 devices:
   - id: {BUILDING}
     bus: bms
     kind: building
-    address: "127.0.0.1:{dev_port}"
     device_instance: {INSTANCE}
     points:
       - {{id: fire-3, object: "binary-input,3", alarm: fire, interval_s: 0.2}}
@@ -64,7 +66,10 @@ devices:
       - {{id: zone-1-temp, object: "analog-input,1", unit: °C, interval_s: 0.2}}
       - {{id: zone-1-setpoint, object: "analog-value,1", unit: °C, writable: true, min: 5, max: 35, interval_s: 0.2}}
       - {{id: door-1-lock, object: "binary-output,1", writable: true, priority: 10, interval_s: 0.2}}
-      - {{id: energy, object: "analog-input,100", unit: kWh, interval_s: 1}}
+      # no unit configured: the device's units (kilowatt-hours) go into the birth
+      - {{id: energy, object: "analog-input,100", interval_s: 1}}
+      # An input declared writable by mistake: the device refuses, the ack says why.
+      - {{id: zone-3-temp, object: "analog-input,3", unit: °C, writable: true, interval_s: 1}}
       # COV points, polled only every minute: a change seen sooner came by COV.
       - {{id: fire-4, object: "binary-input,4", alarm: fire, cov: true, interval_s: 60}}
       - {{id: zone-2-temp, object: "analog-input,2", unit: °C, cov: true, interval_s: 60}}
@@ -98,9 +103,12 @@ class Building:
             raise AssertionError(f"{BUILDING}.{point} never became {expected}; last seen {found}") from None
         return found
 
-    async def command(self, point: str, value: Any) -> dict[str, Any]:
+    async def command(self, point: str, value: Any, action: str | None = None) -> dict[str, Any]:
         """POST a command and wait for its final status."""
-        status, cmd = await self.hub.post("/commands", {"device": BUILDING, "point": point, "value": value})
+        body = {"device": BUILDING, "point": point, "value": value}
+        if action is not None:
+            body["action"] = action
+        status, cmd = await self.hub.post("/commands", body)
         assert status == 202, cmd
 
         async def done() -> bool:
@@ -114,14 +122,22 @@ class Building:
 
 @pytest.fixture
 async def building(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Building]:
+    async with run_building(tmp_path, mosquitto) as b:
+        yield b
+
+
+@contextlib.asynccontextmanager
+async def run_building(
+    tmp_path: Path, mosquitto: Mosquitto, *, cov: bool = True, cov_interval_s: float = 60
+) -> AsyncIterator[Building]:
+    """Simulator (``cov=False``: rejects SubscribeCOV), hub and edge, all running."""
     gw_port, dev_port = udp_ports(2)
-    async with BuildingSim(port=dev_port, instance=INSTANCE) as sim:
+    async with BuildingSim(port=dev_port, instance=INSTANCE, cov=cov) as sim:
         hub = await start_hub(_settings(tmp_path, mosquitto))
         sock_dir = Path(tempfile.mkdtemp(prefix="cn-", dir="/tmp"))  # AF_UNIX paths are short
         path = tmp_path / "edge.yaml"
-        path.write_text(
-            edge_yaml(mosquitto.port, tmp_path / "edge", sock_dir / "edge.sock", gw_port, dev_port)
-        )
+        text = edge_yaml(mosquitto.port, tmp_path / "edge", sock_dir / "edge.sock", gw_port, dev_port)
+        path.write_text(text.replace("cov: true, interval_s: 60", f"cov: true, interval_s: {cov_interval_s}"))
         edge = Edge(edge_config.load(path))
         task = asyncio.create_task(edge.run())
         try:
@@ -136,7 +152,8 @@ async def building(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Buildi
 async def test_objects_appear_at_the_hub_as_a_device_with_points(building: Building) -> None:
     temp = await building.wait_point("zone-1-temp", value=20.5, quality="good")
     assert temp["unit"] == "°C"
-    await building.wait_point("energy", value=12345.5, quality="good")
+    # the unit learned from the device reaches the hub in a second birth
+    await building.wait_point("energy", value=12345.5, quality="good", unit="kWh")
     await building.wait_point("fire-3", value=False, quality="good")
     await building.wait_point("door-1-lock", value=True, quality="good")
     status, devices = await building.hub.get("/devices", gateway=GW)
@@ -152,6 +169,7 @@ async def test_objects_appear_at_the_hub_as_a_device_with_points(building: Build
         "zone-1-setpoint",
         "zone-1-temp",
         "zone-2-temp",
+        "zone-3-temp",
     ]
 
 
@@ -225,6 +243,57 @@ async def test_setpoint_written_by_rest_lands_at_priority_12_and_lock_at_its_pri
     assert building.sim.priority_array("analog-value,1")[12 - 1] == 23.5
 
 
+async def test_relinquish_by_rest_empties_slot_12_and_restores_the_relinquish_default(
+    building: Building,
+) -> None:
+    await building.wait_point("zone-1-setpoint", value=21.0, quality="good")
+    done = await building.command("zone-1-setpoint", 26.0)
+    assert done["status"] == "acknowledged", done
+    assert building.sim.priority_array("analog-value,1")[12 - 1] == 26.0
+    await building.wait_point("zone-1-setpoint", value=26.0)
+
+    done = await building.command("zone-1-setpoint", None, action="relinquish")
+    assert (done["status"], done["action"], done["value"]) == ("acknowledged", "relinquish", None), done
+    assert done["readback"] == 21.0  # the relinquish default: no other slot is set
+    assert done["detail"] == "relinquished; device reads back 21.0"
+    assert building.sim.priority_array("analog-value,1") == [None] * 16
+    assert building.sim.present_value("analog-value,1") == 21.0
+    await building.wait_point("zone-1-setpoint", value=21.0, quality="good")
+
+    # The hub refuses a relinquish with a value, and one of a read-only point.
+    status, body = await building.hub.post(
+        "/commands", {"device": BUILDING, "point": "zone-1-setpoint", "value": 3, "action": "relinquish"}
+    )
+    assert (status, body["error"]["message"]) == (400, "value: a relinquish takes no value"), body
+    status, body = await building.hub.post(
+        "/commands", {"device": BUILDING, "point": "fire-3", "action": "relinquish"}
+    )
+    assert (status, body["error"]["code"]) == (409, "point_not_writable"), body
+    status, body = await building.hub.post(
+        "/commands", {"device": BUILDING, "point": "zone-1-setpoint", "action": "toggle"}
+    )
+    assert (status, body["error"]["message"]) == (400, "action: one of set, relinquish"), body
+
+
+async def test_a_write_to_an_input_is_refused_by_the_device_with_the_bacnet_error_in_the_ack(
+    building: Building,
+) -> None:
+    await building.wait_point("zone-3-temp", value=21.5, quality="good")
+    done = await building.command("zone-3-temp", 30.0)
+    assert done["status"] == "failed", done
+    assert done["detail"] == (
+        f"PointError: {BUILDING} (device,{INSTANCE} at 127.0.0.1:{building.dev_port}): "
+        "write 30.0 to analog-input,3 present-value: property: write-access-denied"
+    )
+    assert building.sim.present_value("analog-input,3") == 21.5
+    # and a relinquish of an input is refused by the driver before anything is sent
+    done = await building.command("zone-3-temp", None, action="relinquish")
+    assert done["status"] == "failed", done
+    assert done["detail"] == (
+        f"PointError: {BUILDING}.zone-3-temp: relinquish needs a writable commandable present-value"
+    )
+
+
 async def test_cov_changes_reach_the_hub_without_waiting_for_the_poll(building: Building) -> None:
     await building.wait_point("zone-2-temp", value=21.0, quality="good")
     await building.wait_point("fire-4", value=False, quality="good")
@@ -244,6 +313,49 @@ async def test_cov_changes_reach_the_hub_without_waiting_for_the_poll(building: 
     assert time.monotonic() - started < 1.0  # the next poll is a minute away
     status = await building.edge.op_status({})
     assert status["buses"][0]["pushed"] >= 2
+    # `citynerve-edge status` shows the subscriptions and what they delivered
+    cov = {c["point"]: c for c in status["buses"][0]["cov"]}
+    assert (cov["zone-2-temp"]["state"], cov["fire-4"]["state"]) == ("subscribed", "subscribed")
+    assert cov["zone-2-temp"]["notifications"] >= 2  # the initial value and the change
+    rc, out, err = await edge_cli("status", "--socket", str(building.edge.config.socket_path))
+    assert rc == 0, err
+    rows = [line.split() for line in out.splitlines() if line.startswith(BUILDING) and "subscribed" in line]
+    assert [(r[1], r[2], r[3]) for r in rows] == [
+        ("fire-4", "bms", "subscribed"),
+        ("zone-2-temp", "bms", "subscribed"),
+    ]
+
+
+async def edge_cli(*argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_device_that_rejects_cov_is_polled_and_status_says_so(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with run_building(tmp_path, mosquitto, cov=False, cov_interval_s=0.5) as building:
+        await building.wait_point("zone-2-temp", value=21.0, quality="good")
+        driver = building.edge.pollers["bms"].driver
+        assert isinstance(driver, BacnetDriver)
+
+        async def polled() -> bool:
+            return all(state is CovState.POLLED for state, _ in driver.cov_states.values())
+
+        await eventually(polled, 5)
+        building.sim.set_temperature(2, 24.0)
+        await building.wait_point("zone-2-temp", value=24.0, quality="good")  # by the poll
+        status = await building.edge.op_status({})
+        cov = {c["point"]: c for c in status["buses"][0]["cov"]}
+        assert cov["zone-2-temp"]["state"] == "polled"
+        assert cov["zone-2-temp"]["reason"].endswith(
+            "subscribe-cov analog-input,2 for town-hall.zone-2-temp: rejected: unrecognized-service"
+        )
+        assert cov["zone-2-temp"]["notifications"] == 0
 
 
 async def _subscribed(driver: BacnetDriver, points: tuple[str, ...]) -> bool:

@@ -162,6 +162,23 @@ async def test_rest_command_changes_the_register_and_is_acknowledged(city: City)
     assert city.sim.setpoint(1) == 100  # the neighbour is untouched
 
 
+async def test_relinquish_of_a_modbus_point_fails_with_a_clear_detail(city: City) -> None:
+    await city.wait_point("L-0003", "level", value=100)
+    status, cmd = await city.hub.post(
+        "/commands", {"device": "L-0003", "point": "level", "action": "relinquish"}
+    )
+    assert status == 202 and cmd["action"] == "relinquish", cmd
+
+    async def acked() -> bool:
+        _, c = await city.hub.get(f"/commands/{cmd['id']}")
+        return bool(c["status"] != "pending")
+
+    await eventually(acked, 10)
+    _, done = await city.hub.get(f"/commands/{cmd['id']}")
+    assert (done["status"], done["detail"]) == ("failed", "DriverError: modbus points cannot be relinquished")
+    assert city.sim.setpoint(2) == 100
+
+
 async def _send_raw_commands(city: City, commands: list[wire.Command]) -> dict[str, wire.Ack]:
     """Publish commands straight to the gateway's cmd topic, as a hub would; collect the acks."""
     topics = wire.Topics()

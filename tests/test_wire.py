@@ -198,3 +198,25 @@ def test_live_event_carries_no_hist_key_and_old_payloads_decode_live() -> None:
     assert wire.decode_event(live).historical is False
     hist = wire.encode_event(wire.Event(seq=1, ts_ms=1, device="d", kind="k", historical=True))
     assert msgpack.unpackb(hist)["hist"] is True
+
+
+def test_relinquish_command_round_trips_and_set_is_the_default() -> None:
+    cmd = wire.Command(
+        id="c2", device="town-hall", point="zone-1-setpoint", value=None, expires_at_ms=10,
+        action=wire.CommandAction.RELINQUISH,
+    )
+    assert wire.decode_command(wire.encode_command(cmd)) == cmd
+    # A command from an older hub has no action: it is a write.
+    old = msgpack.packb({"v": 1, "id": "c3", "device": "d", "point": "p", "value": 1, "expires_at": 5})
+    assert wire.decode_command(old).action is wire.CommandAction.SET
+    # and a set command is encoded without the key, so older edges read it unchanged
+    plain = wire.Command(id="c4", device="d", point="p", value=2, expires_at_ms=5)
+    assert "action" not in msgpack.unpackb(wire.encode_command(plain))
+
+
+def test_unknown_command_action_is_a_wire_error() -> None:
+    bad = msgpack.packb(
+        {"v": 1, "id": "c5", "device": "d", "point": "p", "value": 1, "expires_at": 5, "action": "toggle"}
+    )
+    with pytest.raises(WireError, match="cmd: unknown action 'toggle' \\(known: set, relinquish\\)"):
+        wire.decode_command(bad)

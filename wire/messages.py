@@ -44,6 +44,13 @@ class AckStatus(StrEnum):
     EXPIRED = "expired"  # arrived after its expires_at
 
 
+class CommandAction(StrEnum):
+    """What a command asks of its point: write ``value`` (default), or hand control back."""
+
+    SET = "set"
+    RELINQUISH = "relinquish"  # BACnet: write NULL at the priority; ``value`` is ignored (None)
+
+
 class PointType(StrEnum):
     """Value types a point may carry."""
 
@@ -132,6 +139,7 @@ class Command:
     expires_at_ms: int
     priority: int = 8
     source: str = ""
+    action: CommandAction = CommandAction.SET
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,18 +229,19 @@ def encode_event(m: Event) -> bytes:
 
 
 def encode_command(m: Command) -> bytes:
-    """Encode a command."""
-    return _pack(
-        {
-            "id": m.id,
-            "device": m.device,
-            "point": m.point,
-            "value": m.value,
-            "expires_at": m.expires_at_ms,
-            "priority": m.priority,
-            "source": m.source,
-        }
-    )
+    """Encode a command (``action`` only when it is not the default ``set``)."""
+    body: dict[str, Any] = {
+        "id": m.id,
+        "device": m.device,
+        "point": m.point,
+        "value": m.value,
+        "expires_at": m.expires_at_ms,
+        "priority": m.priority,
+        "source": m.source,
+    }
+    if m.action is not CommandAction.SET:
+        body["action"] = m.action.value
+    return _pack(body)
 
 
 def encode_ack(m: Ack) -> bytes:
@@ -416,7 +425,16 @@ def decode_command(payload: bytes) -> Command:
         expires_at_ms=_get(b, "expires_at", int, what="cmd"),
         priority=_opt(b, "priority", int, 8, what="cmd"),
         source=_opt(b, "source", str, "", what="cmd"),
+        action=_command_action(_opt(b, "action", str, "set", what="cmd")),
     )
+
+
+def _command_action(text: str) -> CommandAction:
+    try:
+        return CommandAction(text)
+    except ValueError:
+        known = ", ".join(a.value for a in CommandAction)
+        raise WireError(f"cmd: unknown action {text!r} (known: {known})") from None
 
 
 def decode_ack(payload: bytes) -> Ack:

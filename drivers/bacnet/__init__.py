@@ -13,6 +13,7 @@ from .config import (
     BacnetBusConfig,
     BacnetDeviceConfig,
     BacnetPointConfig,
+    check_bus,
 )
 from .driver import UNIT_SYMBOLS, BacnetDriver, error_text, status_quality
 
@@ -28,6 +29,7 @@ SPEC = DriverSpec(
     device_model=BacnetDeviceConfig,
     factory=create_driver,
     description="BACnet/IP (analog, binary and multi-state inputs, outputs and values; priorities)",
+    check=check_bus,
 )
 
 __all__ = [

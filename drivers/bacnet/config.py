@@ -72,12 +72,36 @@ class BacnetBusConfig(BusConfigBase):
     # that polls many devices on one port.
     apdu_timeout_s: float = Field(default=2.0, gt=0, le=60)
     apdu_retries: int = Field(default=1, ge=0, le=5)
+    # Devices without an address are found by Who-Is (for their instance) sent here: a
+    # broadcast address (the default: the bus subnet's broadcast at 47808) or one device.
+    who_is_to: str | None = Field(
+        default=None, description="ip[:port] Who-Is goes to for devices without an address"
+    )
+    who_is_timeout_s: float = Field(default=2.0, gt=0, le=60, description="how long to wait for I-Am")
 
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
         parse_address(value, mask_allowed=True)
         return value
+
+    @field_validator("who_is_to")
+    @classmethod
+    def _who_is_to(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value, mask_allowed=False)
+        return value
+
+    def who_is_address(self) -> str:
+        """``ip:port`` a Who-Is for an unaddressed device goes to."""
+        if self.who_is_to is not None:
+            ip, _, port = parse_address(self.who_is_to, mask_allowed=False)
+            return f"{ip}:{port}"
+        ip, mask, _ = parse_address(self.address, mask_allowed=True)
+        if mask is None:
+            return f"255.255.255.255:{DEFAULT_PORT}"
+        net = ipaddress.IPv4Network(f"{ip}/{mask}", strict=False)
+        return f"{net.broadcast_address}:{DEFAULT_PORT}"
 
     @property
     def port(self) -> int:
@@ -146,9 +170,11 @@ class BacnetPointConfig(PointConfigBase):
 
 
 class BacnetDeviceConfig(DeviceConfigBase):
-    """A BACnet device reached at ``address`` (ip:port) with its device instance."""
+    """A BACnet device: its instance, and its ``address`` (ip:port) or none (found by Who-Is)."""
 
-    address: str
+    address: str | None = Field(
+        default=None, description="ip[:port] of the device; omitted: found by Who-Is for its instance"
+    )
     device_instance: int = Field(ge=0, le=MAX_INSTANCE)
     read_multiple: bool = Field(
         default=True, description="use ReadPropertyMultiple (falls back to ReadProperty if rejected)"
@@ -162,8 +188,9 @@ class BacnetDeviceConfig(DeviceConfigBase):
 
     @field_validator("address")
     @classmethod
-    def _address(cls, value: str) -> str:
-        parse_address(value, mask_allowed=False)
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value, mask_allowed=False)
         return value
 
     @model_validator(mode="after")
@@ -178,7 +205,56 @@ class BacnetDeviceConfig(DeviceConfigBase):
             seen[key] = p.id
         return self
 
-    def bacpypes_address(self) -> str:
-        """``ip:port`` with the port spelled out."""
+    def bacpypes_address(self) -> str | None:
+        """``ip:port`` with the port spelled out; None for a device found by Who-Is."""
+        if self.address is None:
+            return None
         ip, _, port = parse_address(self.address, mask_allowed=False)
         return f"{ip}:{port}"
+
+
+def check_bus(bus: BacnetBusConfig, devices: list[BacnetDeviceConfig]) -> list[tuple[str, str, str]]:
+    """Clashes between the devices of one bus: (device id, field, message) for each.
+
+    Two devices with one instance (device instances are unique on a BACnet internetwork,
+    ASHRAE 135 §12.11.1); two devices at one ip:port (BACnet/IP without routing: one address is
+    one device); a device at the gateway's own ip:port (on loopback it would answer the gateway
+    itself, and the gateway could not bind).
+    """
+    out: list[tuple[str, str, str]] = []
+    gw_ip = parse_address(bus.address, mask_allowed=True)[0]
+    gw = f"{gw_ip}:{bus.port}"
+    by_instance: dict[int, str] = {}
+    by_address: dict[str, str] = {}
+    for d in devices:
+        if d.device_instance in by_instance:
+            out.append(
+                (
+                    d.id,
+                    "device_instance",
+                    f"device instance {d.device_instance} is also device {by_instance[d.device_instance]!r} "
+                    f"on bus {bus.id!r}: instances must be unique",
+                )
+            )
+        else:
+            by_instance[d.device_instance] = d.id
+        addr = d.bacpypes_address()
+        if addr is None:
+            continue
+        dev_ip, _, dev_port = addr.rpartition(":")
+        # 0.0.0.0 binds every local address: a device on this host at the bus port clashes too
+        local = dev_ip.startswith("127.") or dev_ip == gw_ip
+        if addr == gw or (gw_ip == "0.0.0.0" and int(dev_port) == bus.port and local):
+            out.append(
+                (
+                    d.id,
+                    "address",
+                    f"{addr} is the gateway's own address on bus {bus.id!r} "
+                    "(give the device or the bus another port)",
+                )
+            )
+        elif addr in by_address:
+            out.append((d.id, "address", f"{addr} is also device {by_address[addr]!r} on bus {bus.id!r}"))
+        else:
+            by_address[addr] = d.id
+    return out

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import ObjectIdentifier
 
 from drivers.base import DeviceUnavailable, DriverError, PointReading, PushedUpdate
@@ -117,9 +116,8 @@ async def _subscribed(
 ) -> None:
     """Subscribe and pump notifications; returns to resubscribe, raises DriverError."""
     app = driver.app
-    scm = app.change_of_value(
-        Address(dev.bacpypes_address()), ObjectIdentifier(p.object), lifetime=dev.cov_lifetime_s
-    )
+    addr = await driver.resolve(dev)
+    scm = app.change_of_value(addr, ObjectIdentifier(p.object), lifetime=dev.cov_lifetime_s)
     async with driver.lock:
         await driver.call(dev, what, scm.__aenter__())
     link.answered()
@@ -128,7 +126,8 @@ async def _subscribed(
     values: dict[str, Any] = {}
     try:
         while True:
-            _check_renewal(driver, dev, scm, what)
+            if _check_renewal(driver, dev, scm, what):
+                driver.cov_counts(dev.id, p.id)[0] += 1
             if back.is_set():
                 # The device stopped answering and came back: it may have restarted and
                 # forgotten us long before the next renewal.
@@ -142,6 +141,7 @@ async def _subscribed(
             if not scm.queue.empty() or "present-value" not in values:
                 continue  # one notification carries present-value and status-flags: take both
             reading: PointReading = driver.reading(p, values["present-value"], values.get("status-flags"))
+            driver.cov_counts(dev.id, p.id)[1] += 1
             emit(PushedUpdate(dev.id, reading, int(time.time() * 1000)))
     finally:
         # Abandon, do not unsubscribe: the subscription ends with its lifetime, and a
@@ -152,17 +152,19 @@ async def _subscribed(
         await _abandon(scm.__aexit__(asyncio.CancelledError, asyncio.CancelledError(), None))
 
 
-def _check_renewal(driver: BacnetDriver, dev: BacnetDeviceConfig, scm: Any, what: str) -> None:
-    """Raise the error of a failed renewal (bacpypes3 leaves it in a task nobody awaits)."""
+def _check_renewal(driver: BacnetDriver, dev: BacnetDeviceConfig, scm: Any, what: str) -> bool:
+    """True once per renewal done; raise the error of a failed one (bacpypes3 leaves it in a task
+    nobody awaits)."""
     task = scm.refresh_subscription_task
     if task is None or not task.done():
-        return
+        return False
     scm.refresh_subscription_task = None
     if task.cancelled():
-        return
+        return False
     err = task.exception()
     if err is not None:
         raise driver.translate(dev, f"renew {what}", err)
+    return True
 
 
 async def _abandon(exiting: Awaitable[Any]) -> None:

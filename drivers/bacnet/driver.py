@@ -135,7 +135,9 @@ class BacnetDriver:
         self._cov_tasks: list[asyncio.Task[None]] = []
         self._cov_started = False
         self._names: dict[tuple[str, str], str] = {}  # (device, object) -> object-name
+        self._found: dict[str, str] = {}  # device id -> ip:port found by Who-Is
         self.cov_states: dict[tuple[str, str], tuple[CovState, str]] = {}
+        self._cov_counts: dict[tuple[str, str], list[int]] = {}  # [renewals, notifications]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -192,7 +194,66 @@ class BacnetDriver:
     # -- requests --------------------------------------------------------------------------
 
     def _where(self, dev: BacnetDeviceConfig) -> str:
-        return f"{dev.id} (device,{dev.device_instance} at {dev.bacpypes_address()})"
+        addr = dev.bacpypes_address() or self._found.get(dev.id) or "not found yet"
+        return f"{dev.id} (device,{dev.device_instance} at {addr})"
+
+    def _addr(self, dev: BacnetDeviceConfig) -> Address:
+        """The device's address: configured, or found by Who-Is (``resolve`` first)."""
+        addr = dev.bacpypes_address() or self._found.get(dev.id)
+        if addr is None:
+            raise DeviceUnavailable(f"{self._where(dev)}: not located yet")
+        return Address(addr)
+
+    async def resolve(self, dev: BacnetDeviceConfig) -> Address:
+        """The device's address; a device configured without one is found by Who-Is for its instance.
+
+        The Who-Is goes to the bus's ``who_is_to`` (a broadcast by default); no I-Am within
+        ``who_is_timeout_s`` is DeviceUnavailable (the poller retries with backoff).
+        """
+        if dev.bacpypes_address() is not None or dev.id in self._found:
+            return self._addr(dev)
+        target = self.bus.who_is_address()
+        found = await self.who_is(target, dev.device_instance, dev.device_instance)
+        if not found:
+            raise DeviceUnavailable(
+                f"{dev.id}: no I-Am from device,{dev.device_instance} to a Who-Is at {target} "
+                f"within {self.bus.who_is_timeout_s:g} s"
+            )
+        self._found[dev.id] = found[0][1]
+        log.info(
+            "bacnet device %s found by Who-Is: device,%d at %s", dev.id, dev.device_instance, found[0][1]
+        )
+        return self._addr(dev)
+
+    def _lost(self, dev: BacnetDeviceConfig) -> None:
+        """A found device stopped answering: look it up again next time (its address may change)."""
+        self._found.pop(dev.id, None)
+
+    async def who_is(
+        self,
+        target: str | None,
+        low: int | None = None,
+        high: int | None = None,
+        timeout_s: float | None = None,
+    ) -> list[tuple[int, str]]:
+        """(instance, ip:port) of every device answering a Who-Is sent to ``target`` (ip:port), by instance.
+
+        ``target`` is a device (directed Who-Is: always answered on loopback) or a broadcast
+        address; None is a global broadcast.
+        """
+        app = self._app_or_fail()
+        wait = self.bus.who_is_timeout_s if timeout_s is None else timeout_s
+        fut = app.who_is(low, high, Address(target) if target else None, timeout=wait)
+        # bacpypes3 matches the I-Am's source against a station target: for a broadcast target
+        # (127.255.255.255:P) that filter would drop every answer. The instance range filters.
+        app._who_is_futures[-1].address = None
+        try:
+            async with asyncio.timeout(wait + 1.0):
+                i_ams = await fut
+        except TimeoutError:
+            return []
+        out = {int(i.iAmDeviceIdentifier[1]): str(i.pduSource) for i in i_ams}
+        return sorted(out.items())
 
     async def _call(self, dev: BacnetDeviceConfig, what: str, coro: Any) -> Any:
         """Await one bacpypes3 request; every failure becomes a DriverError.
@@ -246,9 +307,11 @@ class BacnetDriver:
         pts = _points(points)
         link = self._links.setdefault(dev.id, DeviceLink())
         try:
+            await self.resolve(dev)
             readings = await self._read(dev, pts)
         except DeviceUnavailable:
             link.failed()
+            self._lost(dev)
             raise
         link.answered()  # wakes COV subscriptions waiting for the device
         return readings
@@ -279,7 +342,7 @@ class BacnetDriver:
         result = await self._call(
             dev,
             f"read-property-multiple of {len(pts)} points",
-            app.read_property_multiple(Address(dev.bacpypes_address()), spec),
+            app.read_property_multiple(self._addr(dev), spec),
         )
         if not isinstance(result, list):
             raise ProtocolError(f"{self._where(dev)}: unexpected answer to read-property-multiple")
@@ -301,7 +364,7 @@ class BacnetDriver:
 
     async def _read_rp(self, dev: BacnetDeviceConfig, p: BacnetPointConfig) -> PointReading:
         app = self._app_or_fail()
-        addr = Address(dev.bacpypes_address())
+        addr = self._addr(dev)
         try:
             value = await self._call(
                 dev, f"read {p.object} {p.prop}", app.read_property(addr, p.object, p.prop)
@@ -347,14 +410,14 @@ class BacnetDriver:
         (p,) = _points((point,))
         if not p.object_type.startswith("analog-"):
             return ""
+        addr = await self.resolve(dev)
         async with self._lock:
             units = await self._call(
                 dev,
                 f"read {p.object} units",
-                self._app_or_fail().read_property(Address(dev.bacpypes_address()), p.object, "units"),
+                self._app_or_fail().read_property(addr, p.object, "units"),
             )
-        name = str(EngineeringUnits(units)) if not isinstance(units, str) else units
-        return UNIT_SYMBOLS.get(name, name)
+        return unit_symbol(units)
 
     # -- COV -------------------------------------------------------------------------------
 
@@ -386,6 +449,32 @@ class BacnetDriver:
                             name=f"bacnet-cov-{self.bus.id}-{dev.id}-{p.id}",
                         )
                     )
+
+    def cov_counts(self, device: str, point: str) -> list[int]:
+        """The mutable [renewals, notifications] counters of one COV point."""
+        return self._cov_counts.setdefault((device, point), [0, 0])
+
+    def cov_status(self) -> list[dict[str, Any]]:
+        """Per ``cov: true`` point: state (subscribed, polled ...), why, renewals and notifications."""
+        out = []
+        for dev in self.devices:
+            for p in dev.points:
+                if not p.cov:
+                    continue
+                state, why = self.cov_states.get((dev.id, p.id), ("not started", ""))
+                renewals, notes = self.cov_counts(dev.id, p.id)
+                out.append(
+                    {
+                        "device": dev.id,
+                        "point": p.id,
+                        "state": str(state),
+                        "reason": why,
+                        "lifetime_s": dev.cov_lifetime_s,
+                        "renewals": renewals,
+                        "notifications": notes,
+                    }
+                )
+        return out
 
     def _cov_setter(self, dev: BacnetDeviceConfig, p: BacnetPointConfig) -> Any:
         def set_state(state: CovState, why: str) -> None:
@@ -423,7 +512,7 @@ class BacnetDriver:
 
     async def _write(self, dev: BacnetDeviceConfig, p: BacnetPointConfig, value: Any, what: str) -> Value:
         app = self._app_or_fail()
-        addr = Address(dev.bacpypes_address())
+        addr = await self.resolve(dev)
         # Without a priority a write lands in slot 16 (ASHRAE 135 §19.2.1.1); inputs take none.
         priority = p.priority if p.commandable else None
         label = f"{what} to {p.object} {p.prop}" + (f" at priority {priority}" if priority else "")
@@ -439,6 +528,12 @@ class BacnetDriver:
         return reading.value
 
 
+def unit_symbol(units: Any) -> str:
+    """A BACnet engineering-units value as the symbol operators read (``°C``); unknown: its name."""
+    name = str(EngineeringUnits(units)) if not isinstance(units, str) else units
+    return UNIT_SYMBOLS.get(name, name)
+
+
 def _oid_text(oid: Any) -> str:
     obj = ObjectIdentifier(oid)
     return f"{obj[0]},{obj[1]}"
@@ -452,4 +547,4 @@ def _points(points: Sequence[PointConfigBase]) -> Sequence[BacnetPointConfig]:
     return as_points(points, BacnetPointConfig, "bacnet")
 
 
-__all__ = ["UNIT_SYMBOLS", "BacnetDriver", "DriverError", "error_text", "status_quality"]
+__all__ = ["UNIT_SYMBOLS", "BacnetDriver", "DriverError", "error_text", "status_quality", "unit_symbol"]

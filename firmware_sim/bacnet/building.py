@@ -165,6 +165,7 @@ class BuildingSim:
         name: str = "building",
         layout: Layout | None = None,
         cov: bool = True,
+        mask: int | None = None,
     ) -> None:
         if port == 0:
             raise ValueError("give the simulator a fixed port: clients need to know it")
@@ -174,6 +175,10 @@ class BuildingSim:
         self.name = name
         self.layout = layout or Layout()
         self.cov = cov
+        # With a mask (e.g. 8 on 127.0.0.x) the device also listens on the subnet's broadcast
+        # address at its port, so a broadcast Who-Is to 127.255.255.255:port reaches every
+        # device sharing that port (each on its own 127.0.0.x).
+        self.mask = mask
         self.app: _SimApplication | None = None
         self._objects: dict[ObjectIdentifier, Any] = {}
 
@@ -258,7 +263,8 @@ class BuildingSim:
             probe.bind((self.host, self.port))
         # A host address without a mask (/32): no broadcast listener on a shared port.
         app_class = _SimApplication if self.cov else _NoCovApplication
-        self.app = app_class(device, IPv4Address(f"{self.host}:{self.port}"))
+        where = self.host if self.mask is None else f"{self.host}/{self.mask}"
+        self.app = app_class(device, IPv4Address(f"{where}:{self.port}"))
         await _ready(self.app)
         for obj in self._build_objects():
             self.app.add_object(obj)

@@ -144,11 +144,17 @@ def openapi_document() -> dict[str, Any]:
                     _q("limit", "max commands (default 100, max 1000)",
                        {**_LIMIT, "maximum": 1000}),
                 ], errors=("400",)),
-                "post": _op("Write a value to a device point", "operator", ok="202", body={
-                    "type": "object", "required": ["device", "point", "value"],
+                "post": _op("Write a value to a device point, or relinquish it", "operator",
+                            ok="202", body={
+                    "type": "object", "required": ["device", "point"],
                     "additionalProperties": False,
                     "properties": {"device": {"type": "string"}, "point": {"type": "string"},
-                                   "value": {"type": ["number", "boolean"]},
+                                   "value": {"type": ["number", "boolean", "null"],
+                                             "description": "required for action set"},
+                                   "action": {"type": "string", "enum": ["set", "relinquish"],
+                                              "default": "set",
+                                              "description": "relinquish: hand the point back "
+                                              "(BACnet: NULL at its priority); no value"},
                                    "ttl_s": {"type": "number", "exclusiveMinimum": 0}},
                 }, errors=("400", "404", "409", "422", "503")),
             },

@@ -8,7 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ..commands import STATUSES
+from wire import CommandAction
+
+from ..commands import STATUSES, command_action
 from ..errors import ApiError
 from ..keys import COUNTERS, DISPATCHER, LINK, REGISTRY, SETTINGS, STORAGE, WRITER
 from ..registry import DeviceState, GatewayState, PointState
@@ -106,9 +108,11 @@ def device_json(dev: DeviceState, gateway: str, with_points: bool) -> dict[str, 
 
 def command_json(c: dict[str, Any]) -> dict[str, Any]:
     """A stored command as JSON."""
+    action, value = command_action(c["value"])
     return {
         "id": str(c["id"]), "gateway": c["gateway__name"], "device": c["device"],
-        "point": c["point"], "value": c["value"], "status": c["status"], "detail": c["detail"],
+        "point": c["point"], "value": value, "action": action,
+        "status": c["status"], "detail": c["detail"],
         "readback": c["readback"], "source": c["source"],
         "created": iso(c["created_ms"]), "created_ms": c["created_ms"],
         "expires": iso(c["expires_ms"]), "expires_ms": c["expires_ms"],
@@ -301,19 +305,26 @@ async def command(request: web.Request) -> web.Response:
 async def post_command(request: web.Request) -> web.Response:
     """Send a write to a device's point; tracked to ack, failure or expiry."""
     body = await read_json(request)
-    unknown = set(body) - {"device", "point", "value", "ttl_s"}
+    unknown = set(body) - {"device", "point", "value", "ttl_s", "action"}
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(sorted(unknown))}")
     for name in ("device", "point"):
         if not isinstance(body.get(name), str) or not body[name]:
             raise ApiError(400, "invalid_body", f"{name}: required string")
-    if "value" not in body:
+    try:
+        action = CommandAction(body.get("action", "set"))
+    except (ValueError, TypeError):
+        known = ", ".join(a.value for a in CommandAction)
+        raise ApiError(400, "invalid_body", f"action: one of {known}") from None
+    if action is CommandAction.SET and "value" not in body:
         raise ApiError(400, "invalid_body", "value: required")
+    if action is CommandAction.RELINQUISH and body.get("value") is not None:
+        raise ApiError(400, "invalid_body", "value: a relinquish takes no value")
     ttl = body.get("ttl_s")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
         raise ApiError(400, "invalid_body", "ttl_s: must be a number of seconds")
     stored, gw = await request.app[DISPATCHER].submit(
-        body["device"], body["point"], body["value"], ttl, request[TOKEN]["name"]
+        body["device"], body["point"], body.get("value"), ttl, request[TOKEN]["name"], action
     )
     out = command_json(stored)
     out["gateway_online"] = gw.online
