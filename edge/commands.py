@@ -70,6 +70,7 @@ class CommandExecutor:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._queue: asyncio.Queue[Command] = asyncio.Queue(maxsize=1000)
         self.last_results: list[dict[str, object]] = []
+        self._local = 0  # writes decided on this gateway (apply_local)
 
     def submit(self, cmd: Command) -> None:
         """Accept a command from the uplink (never blocks); duplicates are acknowledged once."""
@@ -113,40 +114,57 @@ class CommandExecutor:
 
     async def execute(self, cmd: Command) -> None:
         """Validate, apply and acknowledge one command."""
+        status, detail, value = await self._apply(cmd)
+        self._ack(cmd, status, detail, value)
+
+    async def apply_local(
+        self, device: str, point: str, value: Value, source: str = "plan"
+    ) -> tuple[AckStatus, str, Value]:
+        """A write decided on this gateway (the lighting plan): the same checks and bus path as a
+        hub command, but the outcome is returned instead of acknowledged to the hub."""
+        self._local += 1
+        cmd = Command(
+            id=f"{source}-{self._local}",
+            device=device,
+            point=point,
+            value=value,
+            expires_at_ms=now_ms() + int(MAX_WRITE_WAIT_S * 1000),
+            source=source,
+        )
+        return await self._apply(cmd)
+
+    async def _apply(self, cmd: Command) -> tuple[AckStatus, str, Value]:
+        """Validate and write one command; (status, detail, read-back value)."""
         now = now_ms()
         if cmd.expires_at_ms <= now:
-            self._ack(
-                cmd, AckStatus.EXPIRED, f"expired {now - cmd.expires_at_ms} ms before it could be applied"
-            )
-            return
+            return AckStatus.EXPIRED, f"expired {now - cmd.expires_at_ms} ms before it could be applied", None
         dev = self.devices.get(cmd.device)
         if dev is None:
-            self._ack(cmd, AckStatus.REJECTED, f"unknown device {cmd.device!r} on gateway {self.gateway_id}")
-            return
+            return AckStatus.REJECTED, f"unknown device {cmd.device!r} on gateway {self.gateway_id}", None
         ps = dev.points.get(cmd.point)
         if ps is None:
             known = ", ".join(sorted(dev.points)) or "none"
-            self._ack(
-                cmd, AckStatus.REJECTED, f"device {cmd.device!r} has no point {cmd.point!r} (points: {known})"
+            return (
+                AckStatus.REJECTED,
+                f"device {cmd.device!r} has no point {cmd.point!r} (points: {known})",
+                None,
             )
-            return
         problem = check_value(ps.config, cmd.value)
         if problem:
-            self._ack(cmd, AckStatus.REJECTED, problem)
-            return
+            return AckStatus.REJECTED, problem, None
         poller = self.pollers[dev.config.bus]
         wait = min(MAX_WRITE_WAIT_S, max(0.1, (cmd.expires_at_ms - now) / 1000))
         try:
             value = await asyncio.wait_for(poller.write(dev, ps.config, cmd.value), wait)
         except TimeoutError:
-            self._ack(
-                cmd, AckStatus.FAILED, f"bus {dev.config.bus} did not complete the write within {wait:.1f}s"
+            return (
+                AckStatus.FAILED,
+                f"bus {dev.config.bus} did not complete the write within {wait:.1f}s",
+                None,
             )
-            return
         except DriverError as err:
-            self._ack(cmd, AckStatus.FAILED, f"{type(err).__name__}: {err}")
-            return
+            return AckStatus.FAILED, f"{type(err).__name__}: {err}", None
         detail = "written and read back"
         if value != cmd.value:
             detail = f"written; device reads back {value!r}"
-        self._ack(cmd, AckStatus.OK, detail, value)
+        return AckStatus.OK, detail, value

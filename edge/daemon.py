@@ -23,6 +23,7 @@ from .backoff import Backoff
 from .commands import CommandExecutor
 from .config import EdgeConfig, devices_on
 from .outbox import Outbox
+from .plan import PlanRunner
 from .poller import BusPoller
 from .seqstore import SeqStore
 from .state import Counters, DeviceState, Health, now_ms
@@ -67,6 +68,12 @@ class Edge:
             self.config.gateway.id, self.devices, self.pollers, self.outbox, self.counters
         )
         self.uplink = Uplink(self.config, self.outbox, self.seqs, self.counters, self.executor.submit)
+        self.plan = PlanRunner(
+            self.config.gateway.id, self.config.data_dir, self.devices, self.executor, _groups(self.config)
+        )
+        self.uplink.on_plan = self.plan.on_plan
+        for poller in self.pollers.values():
+            poller.event_listeners.append(self.plan.on_event)
         self.tasks: dict[str, TaskHealth] = {}
 
     # -- supervision --------------------------------------------------------------------------
@@ -164,6 +171,7 @@ class Edge:
             "tasks": {k: vars(v) for k, v in self.tasks.items()},
             "counters": vars(self.counters),
             "recent_commands": self.executor.last_results,
+            "plan": self.plan.status(),
         }
 
     async def op_points(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -239,11 +247,16 @@ class Edge:
                     )
                 tg.create_task(self.supervise("uplink", self.uplink.run), name="uplink")
                 tg.create_task(self.supervise("commands", self.executor.run), name="commands")
+                tg.create_task(self.supervise("plan", self._run_plan), name="plan")
                 tg.create_task(self._watchdog(), name="watchdog")
         finally:
             server.close()
             await server.wait_closed()
             self.config.socket_path.unlink(missing_ok=True)
+
+    async def _run_plan(self) -> None:
+        self.plan.load()
+        await self.plan.run()
 
     async def _watchdog(self) -> None:
         # Ready once the config is valid and the pollers have opened their buses; not gated on
@@ -255,6 +268,16 @@ class Edge:
             await asyncio.sleep(interval or 3600)
             if interval and self.healthy():
                 systemd.notify("WATCHDOG=1")
+
+
+def _groups(config: EdgeConfig) -> dict[str, tuple[str, ...]]:
+    """Group/broadcast devices and the lamps each reaches with one frame (DALI groups)."""
+    out = {}
+    for d in config.devices:
+        members = d.members([x for x in config.devices if x.bus == d.bus])
+        if members:
+            out[d.id] = tuple(members)
+    return out
 
 
 def _budget(poller: BusPoller) -> dict[str, Any] | None:

@@ -98,6 +98,9 @@ class BusPoller:
         self.points_read = 0
         self.pushed_total = 0
         self.driver: BusDriver | None = None  # the open driver, while running
+        #: Called with every event this bus raises, right after it is queued for the hub (the
+        #: edge's lighting plan listens for presence). Must not block or raise.
+        self.event_listeners: list[Callable[[PendingEvent], None]] = []
 
     def _make_groups(self) -> list[_Group]:
         groups = []
@@ -257,7 +260,7 @@ class BusPoller:
             self.pushed_total += 1
             point, value, quality, error = update.reading
             if update.event:
-                self.outbox.add_urgent(
+                self._event(
                     PendingEvent(
                         ts_ms=update.ts_ms,
                         device=update.device,
@@ -269,6 +272,15 @@ class BusPoller:
                     )
                 )
             self._record(dev, ps, value, quality, error, update.ts_ms, force=True)
+
+    def _event(self, ev: PendingEvent) -> None:
+        """Queue an event for the hub and tell the local listeners."""
+        self.outbox.add_urgent(ev)
+        for listener in self.event_listeners:
+            try:
+                listener(ev)
+            except Exception:
+                log.exception("bus %s: event listener failed on %s %s", self.bus.id, ev.device, ev.kind)
 
     def _device_ok(self, dev: DeviceState, ts: int) -> None:
         if dev.health != Health.OK:
@@ -368,7 +380,7 @@ class BusPoller:
         if kind is not None and isinstance(value, bool) and value != ps.alarm_active:
             # The first reading raises an active alarm but does not "clear" one never raised.
             if value or ps.alarm_active is not None:
-                self.outbox.add_urgent(
+                self._event(
                     PendingEvent(
                         ts_ms=ts,
                         device=dev_id,

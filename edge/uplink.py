@@ -91,6 +91,8 @@ class Uplink:
         self.connected_since_ms = 0
         self.last_error = ""
         self.hub_online: bool | None = None
+        #: Called with the payload of each retained lighting plan for this gateway (edge/plan.py).
+        self.on_plan: Callable[[bytes], None] | None = None
         # The message being published: (topic, payload, samples in it, kind). Survives reconnects.
         self._inflight: tuple[str, bytes, int, Kind] | None = None
 
@@ -144,6 +146,8 @@ class Uplink:
         m = self.config.mqtt
         await client.subscribe(self.topics.gateway(self.gw, Kind.CMD), qos=1)
         await client.subscribe(self.topics.hub_status(), qos=1)
+        if self.on_plan is not None:
+            await client.subscribe(self.topics.plan(self.gw), qos=1)
         await client.publish(
             self.topics.gateway(self.gw, Kind.BIRTH),
             wire.encode_birth(birth_message(self.config, self.seqs.session)),
@@ -235,6 +239,8 @@ class Uplink:
                     log.warning("malformed command on %s dropped: %s", topic, err)
                     continue
                 self.on_command(cmd)
+            elif topic == self.topics.plan(self.gw) and self.on_plan is not None:
+                self.on_plan(payload)
             elif topic == hub_topic:
                 try:
                     status = wire.decode_status(payload)

@@ -31,6 +31,7 @@ from rules import (
     PolicySettings,
     PresenceEvent,
     PresenceState,
+    command_level,
     diff_commands,
     plan_for,
 )
@@ -74,11 +75,6 @@ PRESENCE_KINDS = frozenset({"presence"})
 def wall_clock() -> int:
     """The real time in epoch ms (the default clock)."""
     return int(time.time() * 1000)
-
-
-def command_level(level: float) -> int:
-    """The level a lamp is commanded to: whole percent (Modbus registers and DALI both take it)."""
-    return round(level)
 
 
 @dataclass
