@@ -155,7 +155,10 @@ class CommandExecutor:
         poller = self.pollers[dev.config.bus]
         wait = min(MAX_WRITE_WAIT_S, max(0.1, (cmd.expires_at_ms - now) / 1000))
         try:
-            value = await asyncio.wait_for(poller.write(dev, ps.config, cmd.value), wait)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the write completes, and the daemon would never stop.
+            async with asyncio.timeout(wait):
+                value = await poller.write(dev, ps.config, cmd.value)
         except TimeoutError:
             return (
                 AckStatus.FAILED,

@@ -31,7 +31,7 @@ from wire import AckStatus
 
 from .commands import CommandExecutor
 from .outbox import PendingEvent
-from .state import DeviceState
+from .state import DeviceState, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class PlanRunner:
         executor: CommandExecutor,
         groups: Mapping[str, tuple[str, ...]] | None = None,
         max_sleep_s: float = 30.0,
+        verify_s: float = 2.0,
     ) -> None:
         self.gateway_id = gateway_id
         self.path = data_dir / PLAN_FILE
@@ -92,6 +93,9 @@ class PlanRunner:
         self.executor = executor
         self.groups = dict(groups or {})
         self.max_sleep_s = max_sleep_s
+        self.verify_s = verify_s
+        self._written_ms: dict[str, int] = {}  # lamp -> wall time of our last write (poll freshness)
+        self.corrections = 0
         self.clock: Callable[[], int] = clock
         self.plan: Plan | None = None
         self.received_ts_ms = 0
@@ -183,14 +187,31 @@ class PlanRunner:
         self.presence = self.presence.pruned(now)
         self.decisions = plan.evaluator.evaluate_all(now, self.presence)
         desired = {lid: command_level(d.level) for lid, d in self.decisions.items() if lid in self.devices}
+        self._verify(desired)
         cmds, new_last = diff_commands(desired, self.applied, self.groups)
         self.applied = {k: int(v) for k, v in new_last.items()}
         if cmds:
             await asyncio.gather(*(self._write(target, int(level)) for target, level in cmds))
 
+    def _verify(self, desired: Mapping[str, int]) -> None:
+        """Forget what we wrote to a lamp whose level, polled after our write, is not what the
+        plan wants (a late hub command, a technician, a power cut): it is written again."""
+        for lid in desired:
+            ps = self.devices[lid].points.get(LEVEL_POINT)
+            done = self._written_ms.get(lid)
+            if lid not in self.applied or ps is None or done is None or ps.ts_ms <= done:
+                continue
+            if isinstance(ps.value, int | float) and round(ps.value) != self.applied[lid]:
+                self.corrections += 1
+                log.info("lamp %s reads %s, plan wants %s: writing it again", lid, ps.value, desired[lid])
+                del self.applied[lid]
+
     async def _write(self, target: str, level: int) -> None:
         status, detail, _ = await self.executor.apply_local(target, LEVEL_POINT, level)
         if status is AckStatus.OK:
+            done = now_ms()
+            for lamp in (target, *self.groups.get(target, ())):
+                self._written_ms[lamp] = done
             self.writes += 1
             for fn in self.on_apply:
                 fn(target, level)
@@ -209,6 +230,7 @@ class PlanRunner:
             await self.evaluate()
             delay = self.max_sleep_s
             if self.plan is not None:
+                delay = min(delay, self.verify_s)
                 now = self.clock()
                 nxt = self.plan.evaluator.next_change(now, self.presence)
                 delay = min(delay, max(0.0, (nxt - now) / 1000))
@@ -225,6 +247,7 @@ class PlanRunner:
             "lamps": 0 if self.plan is None else len(self.plan.lamps),
             "writes": self.writes,
             "write_failures": self.write_failures,
+            "corrections": self.corrections,
             "plans_refused": self.plans_refused,
             "last_error": self.last_error,
         }

@@ -222,15 +222,20 @@ class BusPoller:
                     if not req.done.done():
                         req.done.set_result(result)
                 continue
+            # The waiter may have given up (timeout, cancellation) while the write ran: its
+            # future is then cancelled, and setting it would crash the poller.
             try:
                 value = await driver.write(req.device.config, req.point, req.value)
             except DriverError as err:
-                req.done.set_exception(err)
+                if not req.done.done():
+                    req.done.set_exception(err)
                 continue
             except Exception as err:  # a driver bug must not leave the command hanging
-                req.done.set_exception(DriverError(f"driver error: {type(err).__name__}: {err}"))
+                if not req.done.done():
+                    req.done.set_exception(DriverError(f"driver error: {type(err).__name__}: {err}"))
                 raise
-            req.done.set_result(value)
+            if not req.done.done():
+                req.done.set_result(value)
             ps = req.device.points[req.point.id]
             self._record(req.device, ps, value, Quality.GOOD, "", now_ms(), force=True)
 
