@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ("hub_ingest", "hub_burst", "edge_capacity", "command_rtt", "bacnet_read", "city_night", "dali_bus")
+BENCHES = (
+    "hub_ingest", "hub_burst", "edge_capacity", "command_rtt", "bacnet_read", "city_night", "dali_bus",
+    "policy_latency",
+)
 
 
 def main() -> int:

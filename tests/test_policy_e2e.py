@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -24,7 +25,6 @@ from policytest import SimClock, at, load, send, start_policy_hub, street
 
 from edge import config as edge_config
 from edge.daemon import Edge
-from edge.plan import PlanRunner
 from firmware_sim.modbus import CabinetSim
 from hub.policy import POLICY
 from hub.policy import PolicyRunner as HubRunner
@@ -108,9 +108,26 @@ class Night:
 
 
 @contextlib.asynccontextmanager
+async def _simulator() -> AsyncIterator[CabinetSim]:
+    sim = CabinetSim(lamps=len(LAMPS), port=0)
+    await sim.__aenter__()
+    try:
+        yield sim
+    finally:
+        # pymodbus's server shutdown sometimes never returns after a client was cancelled in the
+        # middle of a request (seen when these tests run after others in one process); bound it
+        # so a test run cannot hang (the port is freed when the process ends).
+        # (a task, not asyncio.timeout: the shutdown swallows the cancellation)
+        closing = asyncio.create_task(sim.__aexit__(None, None, None))
+        done, _ = await asyncio.wait({closing}, timeout=5)
+        if not done:
+            logging.getLogger(__name__).warning("modbus simulator shutdown did not finish in 5 s")
+
+
+@contextlib.asynccontextmanager
 async def night(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Night]:
     clock = SimClock(at(16, 0))
-    async with CabinetSim(lamps=len(LAMPS), port=0) as sim:
+    async with _simulator() as sim:
         for lamp in sim.cabinet.lamps:
             lamp.setpoint = 55  # a level no step of the night has: every change is visible
         hub = await start_policy_hub(_settings(tmp_path, broker), clock)
@@ -211,18 +228,6 @@ async def test_with_the_hub_and_the_broker_gone_the_edge_follows_the_night(city:
         return city.edge.uplink.connected
 
     await eventually(reconnected, 15)
-
-
-async def test_the_saved_plan_is_what_a_restarted_edge_runs(city: Night) -> None:
-    await city.stop_hub()
-    # what a new edge process does first, before any broker: read the plan saved on disk
-    fresh = PlanRunner(GW, city.edge.config.data_dir, city.edge.devices, city.edge.executor)
-    fresh.load()
-    assert fresh.version is not None and fresh.version == city.edge.plan.version
-    assert fresh.sensors == {"PIR-2": "L-0002"}
-    assert fresh.plan is not None
-    levels = {k: command_level(d.level) for k, d in fresh.plan.evaluator.evaluate_all(at(23, 30)).items()}
-    assert levels == dict.fromkeys(LAMPS, 70)
 
 
 async def test_presence_lights_the_neighbours_through_the_edge_alone(city: Night) -> None:
