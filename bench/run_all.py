@@ -8,7 +8,7 @@ from pathlib import Path
 
 BENCHES = (
     "hub_ingest", "hub_burst", "edge_capacity", "command_rtt", "bacnet_read", "city_night", "dali_bus",
-    "bacnet_cov", "edge_buffer",
+    "bacnet_cov", "edge_buffer", "policy_latency",
 )
 
 

@@ -186,25 +186,28 @@ class City:
         env = dict(self.env)
         if "citynerve-hub" in self.passwords:
             env["CITYNERVE_HUB_MQTT_PASSWORD"] = self.passwords["citynerve-hub"]
-        out = subprocess.run(
-            [
-                str(BIN / "citynerve-hub"),
-                "token",
-                "create",
-                "--config",
-                str(conf),
-                "--role",
-                "operator",
-                "--name",
-                "demo-operator",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        self.token = out.stdout.strip().splitlines()[-1]
+        tokens = {}
+        for role in ("operator", "admin"):
+            out = subprocess.run(
+                [
+                    str(BIN / "citynerve-hub"),
+                    "token",
+                    "create",
+                    "--config",
+                    str(conf),
+                    "--role",
+                    role,
+                    "--name",
+                    f"demo-{role}",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
+            tokens[role] = out.stdout.strip().splitlines()[-1]
+        self.token, self.admin_token = tokens["operator"], tokens["admin"]
         proc = self.spawn("hub", [str(BIN / "citynerve-hub"), "run", "--config", str(conf)], env=env)
         wait_port(self.http_port, proc, "the hub")
 
@@ -237,13 +240,14 @@ class City:
             self.spawn(f"edge-{gw}", [str(BIN / "citynerve-edge"), "run", "--config", str(conf)], env=env)
             self.edge_configs.append(conf)
 
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Call the hub's REST API with the operator token."""
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None, admin: bool = False) -> Any:
+        """Call the hub's REST API with the operator (or admin) token."""
+        token = self.admin_token if admin else self.token
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.http_port}/api/v1/{path}",
             method=method,
             data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=5) as resp:
             return json.loads(resp.read())
@@ -285,6 +289,62 @@ class City:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def load_policy(city: City) -> None:
+    """A default lighting policy: every lamp follows the issue's night profile (dusk-10 100%,
+    23:00 70%, 01:00 40%, 05:30 70%, dawn+10 off), one street per cabinet in central Dijon."""
+    writes: list[tuple[str, dict[str, Any]]] = [
+        (
+            "profiles",
+            {
+                "id": "night",
+                "name": "Dijon default",
+                "steps": [
+                    {"at": "dusk", "offset_min": -10, "level": 100},
+                    {"at": "23:00", "level": 70},
+                    {"at": "01:00", "level": 40},
+                    {"at": "05:30", "level": 70},
+                    {"at": "dawn", "offset_min": 10, "level": 0},
+                ],
+            },
+        ),
+        ("calendars", {"id": "default", "default_profile": "night"}),
+        ("presence-rules", {"id": "walk", "level": 100, "hold_s": 60, "ramp_down_s": 10, "reach_lamps": 2}),
+        ("zones", {"id": "dijon", "kind": "municipality", "name": "Dijon"}),
+        ("zones", {"id": "centre", "kind": "district", "parent": "dijon"}),
+    ]
+    for k in range(1, CABINETS + 1):
+        street = f"street-{k:02d}"
+        writes.append(
+            (
+                "zones",
+                {
+                    "id": street,
+                    "kind": "street",
+                    "parent": "centre",
+                    "lighting_class": "P3",
+                    "presence": "walk",
+                },
+            )
+        )
+        for n in range(LAMPS_PER_CABINET):
+            lid = f"L-{(k - 1) * LAMPS_PER_CABINET + n + 1:04d}"
+            writes.append(
+                (
+                    "lamps",
+                    {
+                        "id": lid,
+                        "street": street,
+                        "lat": 47.3220 + 0.001 * k,
+                        "lon": 5.0415 + 0.0004 * n,
+                        "rated_w": 60,
+                        "gateway": f"cab-{k:02d}",
+                    },
+                )
+            )
+    for seg, body in writes:
+        city.api("PUT", f"policy/{seg}/{body['id']}", body, admin=True)
 
 
 def smoke(city: City) -> None:
@@ -342,7 +402,14 @@ def main() -> int:
         city.wait_for_lamps()
         if args.smoke:
             smoke(city)
+            load_policy(city)
+            status = city.api("GET", "policy")
+            explain = city.api("GET", "policy/lamps/L-0003/explain")
+            if not status["running"] or explain["source"] not in ("schedule", "override", "presence"):
+                raise SystemExit(f"demo smoke: the lighting policy does not run: {status['problems']}")
+            print(f"demo smoke: OK: lighting policy runs; L-0003 {explain['level']:g}% ({explain['detail']})")
             return 0
+        load_policy(city)
         url = f"http://127.0.0.1:{city.http_port}/api/v1"
         auth = f'-H "Authorization: Bearer {city.token}"'
         edge = city.edge_configs[0]
@@ -359,6 +426,12 @@ Try:
   curl -s {auth} {url}/devices
   curl -s {auth} {url}/devices/L-0003/points
   curl -s {auth} -H "Content-Type: application/json" -X POST {url}/commands -d '{{"device": "L-0003", "point": "level", "value": 40}}'
+
+The lamps follow a night (docs/policy.md); the edges run it even without the hub:
+  curl -s {auth} {url}/policy/lamps/L-0003/explain
+  curl -s {auth} "{url}/policy/lamps/L-0003/explain?at=2026-12-24T23:30:00Z"
+  curl -s {auth} -H "Content-Type: application/json" -X POST {url}/policy/overrides -d '{{"target": {{"kind": "lamp", "id": "L-0003"}}, "level": 90, "duration_s": 600}}'
+  curl -s {auth} "{url}/policy/energy?zone=street-01"
 
 At the cabinet (technician CLI, talks to the running gateway over its local socket):
   {BIN}/citynerve-edge status --config {edge}

@@ -84,6 +84,7 @@ class CommandExecutor:
         self.seen_log: CommandLog | None = None  # persistent ids (the buffer db), across restarts
         self._queue: asyncio.Queue[Command] = asyncio.Queue(maxsize=1000)
         self.last_results: list[dict[str, object]] = []
+        self._local = 0  # writes decided on this gateway (apply_local)
 
     def submit(self, cmd: Command) -> None:
         """Accept a command from the uplink (never blocks); duplicates are acknowledged once."""
@@ -129,55 +130,73 @@ class CommandExecutor:
 
     async def execute(self, cmd: Command) -> None:
         """Validate, apply and acknowledge one command."""
+        status, detail, value = await self._apply(cmd)
+        self._ack(cmd, status, detail, value)
+
+    async def apply_local(
+        self, device: str, point: str, value: Value, source: str = "plan"
+    ) -> tuple[AckStatus, str, Value]:
+        """A write decided on this gateway (the lighting plan): the same checks and bus path as a
+        hub command, but the outcome is returned instead of acknowledged to the hub."""
+        self._local += 1
+        cmd = Command(
+            id=f"{source}-{self._local}",
+            device=device,
+            point=point,
+            value=value,
+            expires_at_ms=now_ms() + int(MAX_WRITE_WAIT_S * 1000),
+            source=source,
+        )
+        return await self._apply(cmd)
+
+    async def _apply(self, cmd: Command) -> tuple[AckStatus, str, Value]:
+        """Validate and write one command; (status, detail, read-back value)."""
         now = now_ms()
         if cmd.expires_at_ms <= now:
-            self._ack(
-                cmd, AckStatus.EXPIRED, f"expired {now - cmd.expires_at_ms} ms before it could be applied"
-            )
-            return
+            return AckStatus.EXPIRED, f"expired {now - cmd.expires_at_ms} ms before it could be applied", None
         dev = self.devices.get(cmd.device)
         if dev is None:
-            self._ack(cmd, AckStatus.REJECTED, f"unknown device {cmd.device!r} on gateway {self.gateway_id}")
-            return
+            return AckStatus.REJECTED, f"unknown device {cmd.device!r} on gateway {self.gateway_id}", None
         ps = dev.points.get(cmd.point)
         if ps is None:
             known = ", ".join(sorted(dev.points)) or "none"
-            self._ack(
-                cmd, AckStatus.REJECTED, f"device {cmd.device!r} has no point {cmd.point!r} (points: {known})"
+            return (
+                AckStatus.REJECTED,
+                f"device {cmd.device!r} has no point {cmd.point!r} (points: {known})",
+                None,
             )
-            return
         relinquish = cmd.action is CommandAction.RELINQUISH
         if relinquish:
             problem = None if ps.config.writable else f"point {ps.config.id!r} is read-only"
         else:
             problem = check_value(ps.config, cmd.value)
         if problem:
-            self._ack(cmd, AckStatus.REJECTED, problem)
-            return
+            return AckStatus.REJECTED, problem, None
         poller = self.pollers[dev.config.bus]
         wait = min(MAX_WRITE_WAIT_S, max(0.1, (cmd.expires_at_ms - now) / 1000))
         if relinquish:
-            await self._relinquish(cmd, poller, dev, ps.config, wait)
-            return
+            return await self._relinquish(poller, dev, ps.config, wait)
         try:
-            async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancellation on 3.11
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the write completes, and the daemon would never stop.
+            async with asyncio.timeout(wait):
                 value = await poller.write(dev, ps.config, cmd.value)
         except TimeoutError:
-            self._ack(
-                cmd, AckStatus.FAILED, f"bus {dev.config.bus} did not complete the write within {wait:.1f}s"
+            return (
+                AckStatus.FAILED,
+                f"bus {dev.config.bus} did not complete the write within {wait:.1f}s",
+                None,
             )
-            return
         except DriverError as err:
-            self._ack(cmd, AckStatus.FAILED, f"{type(err).__name__}: {err}")
-            return
+            return AckStatus.FAILED, f"{type(err).__name__}: {err}", None
         detail = "written and read back"
         if value != cmd.value:
             detail = f"written; device reads back {value!r}"
-        self._ack(cmd, AckStatus.OK, detail, value)
+        return AckStatus.OK, detail, value
 
     async def _relinquish(
-        self, cmd: Command, poller: BusPoller, dev: DeviceState, point: PointConfigBase, wait: float
-    ) -> None:
+        self, poller: BusPoller, dev: DeviceState, point: PointConfigBase, wait: float
+    ) -> tuple[AckStatus, str, Value]:
         """Hand the point back (BACnet: NULL at its priority) through the driver, ahead of polling."""
 
         async def run(driver: object) -> Value:
@@ -188,13 +207,12 @@ class CommandExecutor:
             return value
 
         try:
-            value = await asyncio.wait_for(poller.call(run), wait)
+            async with asyncio.timeout(wait):  # not wait_for (see _apply)
+                value = await poller.call(run)
         except TimeoutError:
             what = f"bus {dev.config.bus} did not complete the relinquish within {wait:.1f}s"
-            self._ack(cmd, AckStatus.FAILED, what)
-            return
+            return AckStatus.FAILED, what, None
         except DriverError as err:
-            self._ack(cmd, AckStatus.FAILED, f"{type(err).__name__}: {err}")
-            return
+            return AckStatus.FAILED, f"{type(err).__name__}: {err}", None
         poller.record_now(dev, point, value)
-        self._ack(cmd, AckStatus.OK, f"relinquished; device reads back {value!r}", value)
+        return AckStatus.OK, f"relinquished; device reads back {value!r}", value

@@ -24,6 +24,7 @@ from .buffer import DiskBuffer
 from .commands import CommandExecutor
 from .config import EdgeConfig, devices_on
 from .outbox import Outbox
+from .plan import PlanRunner
 from .poller import BusPoller
 from .seqstore import SeqStore
 from .state import Counters, DeviceState, Health, now_ms
@@ -84,6 +85,12 @@ class Edge:
         for poller in self.pollers.values():  # units learned from devices go into the birth
             poller.learned_units = self.uplink.learned_units
             poller.on_units = self.uplink.rebirth
+        self.plan = PlanRunner(
+            self.config.gateway.id, self.config.data_dir, self.devices, self.executor, _groups(self.config)
+        )
+        self.uplink.on_plan = self.plan.on_plan
+        for poller in self.pollers.values():  # presence events reach the plan at once
+            poller.event_listeners.append(self.plan.on_event)
         self.tasks: dict[str, TaskHealth] = {}
         self.stall_min_s = 120.0  # a running poller whose loop has not turned for this long is stalled
 
@@ -197,6 +204,7 @@ class Edge:
             "tasks": {k: vars(v) for k, v in self.tasks.items()},
             "counters": vars(self.counters),
             "recent_commands": self.executor.last_results,
+            "plan": self.plan.status(),
         }
 
     async def op_buffer(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -278,11 +286,16 @@ class Edge:
                 tg.create_task(self.supervise("uplink", self.uplink.run), name="uplink")
                 tg.create_task(self.supervise("commands", self.executor.run), name="commands")
                 tg.create_task(self.supervise("buffer-writer", self.outbox.run_writer), name="buffer-writer")
+                tg.create_task(self.supervise("plan", self._run_plan), name="plan")
                 tg.create_task(self._watchdog(), name="watchdog")
         finally:
             server.close()
             await server.wait_closed()
             self.config.socket_path.unlink(missing_ok=True)
+
+    async def _run_plan(self) -> None:
+        self.plan.load()
+        await self.plan.run()
 
     async def _watchdog(self) -> None:
         # Ready once the config is valid and the pollers have opened their buses; not gated on
@@ -335,6 +348,16 @@ def buffer_report(edge: Edge) -> dict[str, Any]:
         "messages_replayed": edge.counters.messages_replayed,
         "samples_replayed": edge.counters.samples_replayed,
     }
+
+
+def _groups(config: EdgeConfig) -> dict[str, tuple[str, ...]]:
+    """Group/broadcast devices and the lamps each reaches with one frame (DALI groups)."""
+    out = {}
+    for d in config.devices:
+        members = d.members([x for x in config.devices if x.bus == d.bus])
+        if members:
+            out[d.id] = tuple(members)
+    return out
 
 
 def _budget(poller: BusPoller) -> dict[str, Any] | None:

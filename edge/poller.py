@@ -104,6 +104,9 @@ class BusPoller:
         self.learned_units: dict[tuple[str, str], str] = {}
         self.on_units: Callable[[], None] | None = None
         self._units_asked: set[str] = set()
+        #: Called with every event this bus raises, right after it is queued for the hub (the
+        #: edge's lighting plan listens for presence). Must not block or raise.
+        self.event_listeners: list[Callable[[PendingEvent], None]] = []
 
     def _make_groups(self) -> list[_Group]:
         groups = []
@@ -233,15 +236,20 @@ class BusPoller:
                     if not req.done.done():
                         req.done.set_result(result)
                 continue
+            # The waiter may have given up (timeout, cancellation) while the write ran: its
+            # future is then cancelled, and setting it would crash the poller.
             try:
                 value = await driver.write(req.device.config, req.point, req.value)
             except DriverError as err:
-                req.done.set_exception(err)
+                if not req.done.done():
+                    req.done.set_exception(err)
                 continue
             except Exception as err:  # a driver bug must not leave the command hanging
-                req.done.set_exception(DriverError(f"driver error: {type(err).__name__}: {err}"))
+                if not req.done.done():
+                    req.done.set_exception(DriverError(f"driver error: {type(err).__name__}: {err}"))
                 raise
-            req.done.set_result(value)
+            if not req.done.done():
+                req.done.set_result(value)
             ps = req.device.points[req.point.id]
             self._record(req.device, ps, value, Quality.GOOD, "", now_ms(), force=True)
 
@@ -297,7 +305,7 @@ class BusPoller:
             self.pushed_total += 1
             point, value, quality, error = update.reading
             if update.event:
-                self.outbox.add_urgent(
+                self._event(
                     PendingEvent(
                         ts_ms=update.ts_ms,
                         device=update.device,
@@ -309,6 +317,15 @@ class BusPoller:
                     )
                 )
             self._record(dev, ps, value, quality, error, update.ts_ms, force=True)
+
+    def _event(self, ev: PendingEvent) -> None:
+        """Queue an event for the hub and tell the local listeners."""
+        self.outbox.add_urgent(ev)
+        for listener in self.event_listeners:
+            try:
+                listener(ev)
+            except Exception:
+                log.exception("bus %s: event listener failed on %s %s", self.bus.id, ev.device, ev.kind)
 
     def _device_ok(self, dev: DeviceState, ts: int) -> None:
         if dev.health != Health.OK:
@@ -408,7 +425,7 @@ class BusPoller:
         if kind is not None and isinstance(value, bool) and value != ps.alarm_active:
             # The first reading raises an active alarm but does not "clear" one never raised.
             if value or ps.alarm_active is not None:
-                self.outbox.add_urgent(
+                self._event(
                     PendingEvent(
                         ts_ms=ts,
                         device=dev_id,

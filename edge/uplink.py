@@ -118,6 +118,8 @@ class Uplink:
         # Units learned from devices (BacnetDriver.units); a change is announced by a new birth.
         self.learned_units: dict[tuple[str, str], str] = {}
         self._rebirth = asyncio.Event()
+        #: Called with the payload of each retained lighting plan for this gateway (edge/plan.py).
+        self.on_plan: Callable[[bytes], None] | None = None
 
     def _client(self) -> aiomqtt.Client:
         m = self.config.mqtt
@@ -175,6 +177,8 @@ class Uplink:
         m = self.config.mqtt
         await client.subscribe(self.topics.gateway(self.gw, Kind.CMD), qos=1)
         await client.subscribe(self.topics.hub_status(), qos=1)
+        if self.on_plan is not None:
+            await client.subscribe(self.topics.plan(self.gw), qos=1)
         await client.publish(
             self.topics.gateway(self.gw, Kind.BIRTH),
             wire.encode_birth(birth_message(self.config, self.seqs.session, self.learned_units)),
@@ -358,6 +362,8 @@ class Uplink:
                     log.warning("malformed command on %s dropped: %s", topic, err)
                     continue
                 self.on_command(cmd)
+            elif topic == self.topics.plan(self.gw) and self.on_plan is not None:
+                self.on_plan(payload)
             elif topic == hub_topic:
                 try:
                     status = wire.decode_status(payload)

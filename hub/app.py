@@ -17,6 +17,7 @@ from .counters import Counters
 from .ingest import IngestWriter
 from .keys import COUNTERS, DISPATCHER, LINK, REGISTRY, SETTINGS, STORAGE, WRITER
 from .mqtt import Incoming, MqttLink
+from .policy import policy_ctx
 from .registry import Registry
 from .storage import Storage
 
@@ -89,6 +90,6 @@ def create_app(settings: HubSettings) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app[COUNTERS] = Counters()
-    app.cleanup_ctx.extend([_database, _registry, _ingest, _publisher, _sweep])
+    app.cleanup_ctx.extend([_database, _registry, _ingest, _publisher, _sweep, policy_ctx])
     setup_api(app)
     return app

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wire import (
@@ -137,6 +138,9 @@ class IngestWriter:
         self._counters = counters
         self.batches = 0
         self._seen: dict[int, GatewayState] = {}  # gateways with news since the last flush
+        #: Called with (gateway, event) for every well-formed event, before it is stored
+        #: (the lighting-policy runner listens for presence). Must not block or raise.
+        self.event_listeners: list[Callable[[str, Event], None]] = []
 
     async def run(self) -> None:
         """Batch, store, acknowledge; forever."""
@@ -316,6 +320,11 @@ class IngestWriter:
             _check_event(ev)
             gw = await self._gateway(gw_name)
             pending.events.append((gw, ev))
+            for listener in self.event_listeners:
+                try:
+                    listener(gw_name, ev)
+                except Exception:
+                    log.exception("gateway %s: event listener failed on %s", gw_name, ev.kind)
             pending.arrivals.append((gw, ev.seq, rx))
             self._seen_at(gw, rx)
             if ev.historical:  # replayed by the edge: its age is not clock skew

@@ -4,7 +4,7 @@ No I/O, no clock reads: every instant is an argument in epoch milliseconds. See 
 """
 
 from rules.astro import SunNight, local_ms, night_bounds, night_of, sun_night
-from rules.commands import diff_commands, merge_groups
+from rules.commands import command_level, diff_commands, merge_groups
 from rules.energy import EnergyReport, LampEnergy, measured_wh, night_energy, power_w
 from rules.evaluate import Decision, Evaluator, Source, apply_event, evaluate_all, explain, next_change
 from rules.model import (
@@ -60,6 +60,7 @@ __all__ = [
     "Twilight",
     "Zone",
     "apply_event",
+    "command_level",
     "content_version",
     "diff_commands",
     "evaluate_all",

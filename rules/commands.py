@@ -11,6 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 
+def command_level(level: float) -> int:
+    """The level a lamp is commanded to: whole percent (Modbus registers and DALI arc levels both
+    take it), rounded the same way on the hub and the edge so both send the same value."""
+    return round(level)
+
+
 def _close(a: float, b: float, tol: float) -> bool:
     return abs(a - b) <= tol
 

@@ -31,6 +31,7 @@ from .messages import (
     encode_event,
     encode_status,
 )
+from .plan import PlanMessage, decode_plan, encode_plan
 from .topics import DEFAULT_ROOT, EDGE_PUBLISHES, GATEWAY_ID_RE, HUB_PUBLISHES, Kind, Topics
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "DeviceInfo",
     "Event",
     "Kind",
+    "PlanMessage",
     "PointInfo",
     "PointType",
     "Quality",
@@ -62,11 +64,13 @@ __all__ = [
     "decode_command",
     "decode_data",
     "decode_event",
+    "decode_plan",
     "decode_status",
     "encode_ack",
     "encode_birth",
     "encode_command",
     "encode_data",
     "encode_event",
+    "encode_plan",
     "encode_status",
 ]

@@ -41,6 +41,10 @@ class Topics:
         """The topic of one kind of message for one gateway."""
         return f"{self.root}/gw/{gateway_id}/{kind.value}"
 
+    def plan(self, gateway_id: str) -> str:
+        """The retained lighting-plan topic of one gateway (hub -> edge)."""
+        return self.gateway(gateway_id, Kind.PLAN)
+
     def hub_status(self) -> str:
         """The hub's retained online/offline topic (its last will)."""
         return f"{self.root}/hub/status"

@@ -88,6 +88,8 @@ _LIMIT = {"type": "integer", "minimum": 1}
 
 def openapi_document() -> dict[str, Any]:
     """Build the document (no state; cheap enough per request)."""
+    from .policy_openapi import policy_paths
+
     range_params = [_q("from", "start, inclusive (default: to - 24 h)", _TIME),
                     _q("to", "end, inclusive (default: now)", _TIME)]
     return {
@@ -171,5 +173,6 @@ def openapi_document() -> dict[str, Any]:
             },
             "/tokens/{id}": {"delete": _op("Revoke a token", "admin", ok="204",
                                            params=[_id("token id")], errors=("404",))},
+            **policy_paths(),
         },
     }

@@ -378,5 +378,8 @@ async def delete_token(request: web.Request) -> web.Response:
 
 def setup_api(app: web.Application) -> None:
     """Add the API routes and middlewares to an application."""
+    from .policy_routes import policy_routes
+
     app.middlewares.extend([errors_mw, auth_mw])
     app.add_routes(routes)
+    app.add_routes(policy_routes)

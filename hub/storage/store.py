@@ -22,6 +22,7 @@ from . import schema
 from .models import ApiToken, CommandRecord, Device, EventRecord, Gateway, Point
 
 MODELS_MODULE = "hub.storage.models"
+POLICY_MODELS_MODULE = "hub.storage.policy_models"
 
 # Gateways per key lookup: 3 parameters each, under SQLite's historic limit of 999.
 _CLAIM_CHUNK = 300
@@ -175,7 +176,7 @@ class Storage:
         if self.file is not None:
             self.file.parent.mkdir(parents=True, exist_ok=True)
         with self._active():
-            await self._ctx.init(db_url=self.url, modules={"models": [MODELS_MODULE]})
+            await self._ctx.init(db_url=self.url, modules={"models": [MODELS_MODULE, POLICY_MODELS_MODULE]})
             await self._ctx.generate_schemas(safe=True)
             await self._ctx.db().execute_script(schema.SQLITE_DDL)
 
