@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from drivers import DriverError, PointConfigBase
@@ -85,6 +85,9 @@ class CommandExecutor:
         self._queue: asyncio.Queue[Command] = asyncio.Queue(maxsize=1000)
         self.last_results: list[dict[str, object]] = []
         self._local = 0  # writes decided on this gateway (apply_local)
+        #: Called with (command, read-back value) after each hub command written successfully
+        #: (the edge's plan learns which levels the hub's policy set). Must not block or raise.
+        self.write_listeners: list[Callable[[Command, Value], None]] = []
 
     def submit(self, cmd: Command) -> None:
         """Accept a command from the uplink (never blocks); duplicates are acknowledged once."""
@@ -132,6 +135,9 @@ class CommandExecutor:
         """Validate, apply and acknowledge one command."""
         status, detail, value = await self._apply(cmd)
         self._ack(cmd, status, detail, value)
+        if status is AckStatus.OK:
+            for fn in self.write_listeners:
+                fn(cmd, value)
 
     async def apply_local(
         self, device: str, point: str, value: Value, source: str = "plan"

@@ -89,6 +89,7 @@ class Edge:
             self.config.gateway.id, self.config.data_dir, self.devices, self.executor, _groups(self.config)
         )
         self.uplink.on_plan = self.plan.on_plan
+        self.executor.write_listeners.append(self.plan.on_hub_write)
         for poller in self.pollers.values():  # presence events reach the plan at once
             poller.event_listeners.append(self.plan.on_event)
         self.tasks: dict[str, TaskHealth] = {}

@@ -39,6 +39,7 @@ CLOCK_ENV = "CITYNERVE_CLOCK_OFFSET_S"
 LEVEL_POINT = "level"
 PLAN_FILE = "plan.msgpack"
 PRESENCE_KINDS = frozenset({"presence"})
+HUB_POLICY_SOURCE = "policy"  # the source of the commands the hub's policy runner sends
 
 
 def _offset_ms() -> int:
@@ -95,6 +96,9 @@ class PlanRunner:
         self.max_sleep_s = max_sleep_s
         self.verify_s = verify_s
         self._written_ms: dict[str, int] = {}  # lamp -> wall time of our last write (poll freshness)
+        # lamp -> (level, monotonic time) of the hub policy's last raise of it: presence the hub
+        # saw on another gateway (neighbours across a cabinet boundary), which this plan cannot see
+        self._hub_raised: dict[str, tuple[int, float]] = {}
         self.corrections = 0
         self.clock: Callable[[], int] = clock
         self.plan: Plan | None = None
@@ -175,6 +179,23 @@ class PlanRunner:
         self.presence = plan.evaluator.apply_event(self.presence, PresenceEvent(lamp, now), now)
         self.poke()
 
+    def on_hub_write(self, cmd: wire.Command, value: wire.Value) -> None:
+        """Executor listener: remember a level the hub's policy set above our plan (presence it
+        saw elsewhere), so that `_verify` does not undo it while it may still hold."""
+        if cmd.source != HUB_POLICY_SOURCE or cmd.point != LEVEL_POINT:
+            return
+        if cmd.action is not wire.CommandAction.SET or not isinstance(cmd.value, int | float):
+            return
+        t = time.monotonic()
+        for lamp in (cmd.device, *self.groups.get(cmd.device, ())):
+            self._hub_raised[lamp] = (round(cmd.value), t)
+
+    def _hub_trust_s(self) -> float:
+        """How long a hub raise is kept: the longest presence hold and fade of the plan, plus a
+        minute (the hub sends the level back down itself when the presence ends)."""
+        rules = [] if self.plan is None else self.plan.presence_rules
+        return 60.0 + max((r.hold_s + r.ramp_down_s for r in rules), default=0.0)
+
     # ------------------------------------------------------------------ running
 
     async def evaluate(self) -> None:
@@ -202,9 +223,21 @@ class PlanRunner:
             if lid not in self.applied or ps is None or done is None or ps.ts_ms <= done:
                 continue
             if isinstance(ps.value, int | float) and round(ps.value) != self.applied[lid]:
+                if self._hub_holds(lid, round(ps.value)):
+                    continue
                 self.corrections += 1
                 log.info("lamp %s reads %s, plan wants %s: writing it again", lid, ps.value, desired[lid])
                 del self.applied[lid]
+
+    def _hub_holds(self, lamp: str, level: int) -> bool:
+        """True while the lamp's level is a raise the hub's policy wrote (and may still hold)."""
+        raised = self._hub_raised.get(lamp)
+        if raised is None:
+            return False
+        if time.monotonic() - raised[1] > self._hub_trust_s():
+            del self._hub_raised[lamp]
+            return False
+        return raised[0] == level and level > self.applied[lamp]
 
     async def _write(self, target: str, level: int) -> None:
         status, detail, _ = await self.executor.apply_local(target, LEVEL_POINT, level)

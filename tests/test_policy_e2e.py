@@ -23,6 +23,7 @@ from broker import Mosquitto
 from hubtest import Hub, _settings, eventually
 from policytest import SimClock, at, load, send, start_policy_hub, street
 
+import wire
 from edge import config as edge_config
 from edge.daemon import Edge
 from firmware_sim.modbus import CabinetSim
@@ -265,3 +266,21 @@ async def test_presence_reaches_the_hub_which_agrees_with_the_edge(city: Night) 
 
     await eventually(hub_agrees, 10)
     assert runner.decisions["L-0001"].source == "presence"
+
+
+async def test_presence_the_hub_saw_elsewhere_keeps_lamps_here_raised(city: Night) -> None:
+    """The hub lights neighbours on other gateways; this edge must not undo it as a stray write."""
+    city.advance(at(2, 0))
+    await city.wait_registers(dict.fromkeys(LAMPS, 40))
+    runner = city.runner
+    # presence at L-0004 that this edge's bus never saw (a sensor across a gateway boundary),
+    # as the hub's ingest reports it to the runner
+    runner.on_event("cab-08", wire.Event(seq=1, ts_ms=city.clock(), device="L-0004", kind="presence",
+                                         active=True, severity="info", point="presence"))
+    raised = {"L-0001": 40, "L-0002": 40, "L-0003": 100, "L-0004": 100}
+    await city.wait_registers(raised, timeout=10)
+    # several of the edge's verification rounds (every 2 s) later, the lamps are still raised
+    await asyncio.sleep(3 * city.edge.plan.verify_s)
+    assert city.registers() == raised and city.edge.plan.corrections == 0
+    city.advance(at(2, 2))  # hold and fade over: the hub brings them back to the schedule
+    await city.wait_registers(dict.fromkeys(LAMPS, 40))
