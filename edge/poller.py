@@ -170,7 +170,14 @@ class BusPoller:
         for g in self._groups:
             g.due = time.monotonic()
         read_many = getattr(driver, "read_many", None)
+        task = asyncio.current_task()
         while True:
+            # A library that awaits with asyncio.wait_for (pymodbus does) returns an answer that
+            # lands together with our cancellation on Python 3.11 and swallows the cancellation;
+            # the request to cancel is still counted on the task, so honour it here, or a busy
+            # bus would keep polling forever and the daemon would never stop (seen under load).
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             await self._run_writes(driver)
             now = self.heartbeat = time.monotonic()
             due = [g for g in self._groups if g.due <= now and g.device.retry_at <= now]

@@ -775,3 +775,45 @@ async def test_hub_counts_a_replayed_event_as_replay_not_clock_skew(tmp_path: Pa
         assert g["replay"]["newest_ts_ms"] == old, g
     finally:
         await hub.client.close()
+
+
+async def test_a_cancellation_swallowed_inside_the_driver_still_stops_the_poller(
+    tmp_path: Path, cabinet: CabinetSim
+) -> None:
+    """pymodbus waits with asyncio.wait_for, which on Python 3.11 returns an answer that lands
+    with the cancellation and swallows it: the poller must stop anyway (the daemon must stop)."""
+    with short_dir() as sock_dir:
+        path = tmp_path / "edge.yaml"
+        path.write_text(edge_yaml(1, tmp_path / "data", sock_dir / "e.sock", cabinet.tcp_port))
+        edge = Edge(edge_config.load(path))
+    poller = edge.pollers["cab"]
+    real_factory = poller._driver_factory
+    in_read = asyncio.Event()
+    swallowed = 0
+
+    def factory() -> Any:
+        driver = real_factory()
+        read_many = driver.read_many  # type: ignore[attr-defined]
+
+        async def swallowing_read_many(reqs: Any) -> Any:
+            nonlocal swallowed
+            if poller.reads_total >= 3 and not swallowed:
+                in_read.set()
+                try:
+                    await asyncio.sleep(30)  # the answer is on its way when the cancel comes
+                except asyncio.CancelledError:
+                    swallowed += 1  # as wait_for does: the answer is returned, the cancel lost
+            return await read_many(reqs)
+
+        driver.read_many = swallowing_read_many  # type: ignore[attr-defined]
+        return driver
+
+    poller._driver_factory = factory
+    task = asyncio.create_task(poller.run())
+    async with asyncio.timeout(20):
+        await in_read.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(10):  # a poller that ignored the cancel would poll forever
+            await task
+    assert swallowed == 1 and not poller.running
