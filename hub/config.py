@@ -74,6 +74,16 @@ class CommandSettings(_Model):
         return self
 
 
+class PolicySettings(_Model):
+    """The lighting-policy runner (docs/policy.md)."""
+
+    #: At most this many policy commands per second to one gateway: a DALI bus carries ~30
+    #: frames/s and polling and sensors need the rest (group commands make this plenty).
+    rate_per_gateway: float = Field(default=10.0, gt=0, le=1000)
+    #: The longest the runner sleeps without re-evaluating (it also wakes at every change).
+    max_sleep_s: float = Field(default=30.0, gt=0, le=3600)
+
+
 class HubSettings(_Model):
     """Everything the hub reads from its config file."""
 
@@ -83,6 +93,7 @@ class HubSettings(_Model):
     http: HttpSettings = Field(default_factory=HttpSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 
     @field_validator("log_level", mode="before")

@@ -433,6 +433,14 @@ POLICY_CLOCK: web.AppKey[Clock] = web.AppKey("policy_clock")
 POLICY_SETTINGS = web.AppKey("policy_settings", RunnerSettings)
 
 
+def _runner_settings(app: web.Application) -> RunnerSettings:
+    """The runner's knobs from the hub config's `policy:` section."""
+    from .keys import SETTINGS
+
+    p = app[SETTINGS].policy
+    return RunnerSettings(rate_per_gateway=p.rate_per_gateway, max_sleep_s=p.max_sleep_s)
+
+
 async def policy_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx entry: load the policy, hook ingest's events, run until the app stops."""
     from .keys import COUNTERS, WRITER
@@ -444,7 +452,7 @@ async def policy_ctx(app: web.Application) -> AsyncIterator[None]:
         app[LINK],
         app[COUNTERS],
         clock=app.get(POLICY_CLOCK, wall_clock),
-        settings=app.get(POLICY_SETTINGS),
+        settings=app.get(POLICY_SETTINGS) or _runner_settings(app),
     )
     await runner.load()
     app[POLICY] = runner

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from broker import Mosquitto
+from hubtest import _settings, start_hub
 
 from cnconfig import EXIT_BAD_CONFIG, ConfigError
 from hub.cli import main
 from hub.config import HubSettings, MqttSettings, load_settings, mqtt_password
+from hub.policy import POLICY
 
 ROOT = Path(__file__).parent.parent
 
@@ -102,3 +105,21 @@ def test_run_logs_url_and_stops_cleanly_on_sigterm(tmp_path: Path, mosquitto: ob
     err = proc.stderr.read() if proc.stderr else ""
     assert f"REST API on http://127.0.0.1:{port}/api/v1" in err
     assert "hubuser" in err and "hunter2" not in err
+
+
+def test_policy_rate_is_validated_with_its_location(tmp_path: Path) -> None:
+    p = _write(tmp_path, "policy:\n  rate_per_gateway: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(p)
+    assert [str(i) for i in err.value.issues] == [
+        f"{p}:2: policy.rate_per_gateway: Input should be greater than 0",
+    ]
+
+
+async def test_the_policy_runner_takes_its_rate_from_the_hub_config(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    hub = await start_hub(_settings(tmp_path, mosquitto, policy={"rate_per_gateway": 2.5, "max_sleep_s": 7}))
+    try:
+        runner = hub.app[POLICY]
+        assert (runner.settings.rate_per_gateway, runner.settings.max_sleep_s) == (2.5, 7)
+    finally:
+        await hub.client.close()
