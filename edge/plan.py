@@ -99,6 +99,8 @@ class PlanRunner:
         # lamp -> (level, monotonic time) of the hub policy's last raise of it: presence the hub
         # saw on another gateway (neighbours across a cabinet boundary), which this plan cannot see
         self._hub_raised: dict[str, tuple[int, float]] = {}
+        # lamp -> (level, what the plan wanted then) of an operator's direct command
+        self._manual: dict[str, tuple[int, int | None]] = {}
         self.corrections = 0
         self.clock: Callable[[], int] = clock
         self.plan: Plan | None = None
@@ -180,15 +182,31 @@ class PlanRunner:
         self.poke()
 
     def on_hub_write(self, cmd: wire.Command, value: wire.Value) -> None:
-        """Executor listener: remember a level the hub's policy set above our plan (presence it
-        saw elsewhere), so that `_verify` does not undo it while it may still hold."""
-        if cmd.source != HUB_POLICY_SOURCE or cmd.point != LEVEL_POINT:
+        """Executor listener: a level the hub wrote that `_verify` must not undo.
+
+        From the hub's policy (source ``policy``): a raise above our plan is presence the hub
+        saw elsewhere, kept while it may still hold. From anyone else (an operator's ``POST
+        /commands``): a manual level, kept until the plan's next change for that lamp (its next
+        step, presence, an override), as a lighting controller's "manual until next switch
+        point"; a lasting manual level is an override.
+        """
+        if cmd.point != LEVEL_POINT or cmd.action is not wire.CommandAction.SET:
             return
-        if cmd.action is not wire.CommandAction.SET or not isinstance(cmd.value, int | float):
+        if not isinstance(cmd.value, int | float):
             return
-        t = time.monotonic()
-        for lamp in (cmd.device, *self.groups.get(cmd.device, ())):
-            self._hub_raised[lamp] = (round(cmd.value), t)
+        level = round(value) if isinstance(value, int | float) else round(cmd.value)
+        lamps = (cmd.device, *self.groups.get(cmd.device, ()))
+        if cmd.source == HUB_POLICY_SOURCE:
+            t = time.monotonic()
+            for lamp in lamps:
+                self._hub_raised[lamp] = (round(cmd.value), t)
+            return
+        for lamp in lamps:
+            d = self.decisions.get(lamp)
+            wanted = self.applied.get(lamp, None if d is None else command_level(d.level))
+            self._manual[lamp] = (level, wanted)
+            log.info("lamp %s set to %s by %s: kept until the plan's next change",
+                     lamp, level, cmd.source or "?")
 
     def _hub_trust_s(self) -> float:
         """How long a hub raise is kept: the longest presence hold and fade of the plan, plus a
@@ -223,7 +241,8 @@ class PlanRunner:
             if lid not in self.applied or ps is None or done is None or ps.ts_ms <= done:
                 continue
             if isinstance(ps.value, int | float) and round(ps.value) != self.applied[lid]:
-                if self._hub_holds(lid, round(ps.value)):
+                level = round(ps.value)
+                if self._hub_holds(lid, level) or self._manual_holds(lid, level, desired[lid]):
                     continue
                 self.corrections += 1
                 log.info("lamp %s reads %s, plan wants %s: writing it again", lid, ps.value, desired[lid])
@@ -238,6 +257,16 @@ class PlanRunner:
             del self._hub_raised[lamp]
             return False
         return raised[0] == level and level > self.applied[lamp]
+
+    def _manual_holds(self, lamp: str, level: int, wanted: int) -> bool:
+        """True while an operator's level stands: until the plan wants something new."""
+        manual = self._manual.get(lamp)
+        if manual is None:
+            return False
+        if manual[1] is not None and manual[1] != wanted:
+            del self._manual[lamp]  # the plan moved on (next step): the manual level ends
+            return False
+        return manual[0] == level
 
     async def _write(self, target: str, level: int) -> None:
         status, detail, _ = await self.executor.apply_local(target, LEVEL_POINT, level)

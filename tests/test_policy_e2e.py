@@ -284,3 +284,20 @@ async def test_presence_the_hub_saw_elsewhere_keeps_lamps_here_raised(city: Nigh
     assert city.registers() == raised and city.edge.plan.corrections == 0
     city.advance(at(2, 2))  # hold and fade over: the hub brings them back to the schedule
     await city.wait_registers(dict.fromkeys(LAMPS, 40))
+
+
+async def test_an_operator_command_stands_until_the_plans_next_step(city: Night) -> None:
+    """`POST /commands` on a lamp under a plan: the edge keeps it (does not undo it as a stray
+    write) until the plan's next switch point, which then applies as usual."""
+    city.advance(at(23, 30))
+    await city.wait_registers(dict.fromkeys(LAMPS, 70))
+    assert city.hub is not None
+    status, _ = await send(city.hub, "POST", "/commands", {"device": "L-0002", "point": "level", "value": 30},
+                           role="operator")
+    assert status in (200, 201, 202)
+    manual = {**dict.fromkeys(LAMPS, 70), "L-0002": 30}
+    await city.wait_registers(manual, timeout=10)
+    await asyncio.sleep(3 * city.edge.plan.verify_s)  # several verification rounds later
+    assert city.registers() == manual and city.edge.plan.corrections == 0
+    city.advance(at(2, 0))  # the next step of the night ends the manual level
+    await city.wait_registers(dict.fromkeys(LAMPS, 40))
