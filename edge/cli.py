@@ -58,6 +58,20 @@ def _print_status(s: dict[str, Any]) -> None:
     print(f"config    {s['config']}  hash {s['config_hash']}")
     print(f"uplink    {state} to {up['broker']}; hub {hub}")
     print(f"queued    {up['queued_samples']} samples, {up['queued_urgent']} events/acks; last seq {s['seq']}")
+    if "buffered" in up:
+        print(f"buffer    {up['buffered']} messages on disk, {up['replay']} (details: citynerve-edge buffer)")
+    plan = s.get("plan")
+    if plan:
+        if plan.get("version"):
+            what = (
+                f"{plan['version']} for {plan['lamps']} lamps; {plan['writes']} writes, "
+                f"{plan['write_failures']} failed, {plan['corrections']} corrections"
+            )
+        else:
+            what = "none (the hub has not sent one yet)"
+        if plan.get("last_error"):
+            what += f"; last error: {plan['last_error']}"
+        print(f"plan      {what}")
     c = s["counters"]
     print(
         f"published {c['samples_published']} samples in {c['messages_published']} messages, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -320,6 +321,8 @@ async def test_technician_cli_shows_uplink_health_and_live_values(city: City) ->
     assert status.returncode == 0, status.stderr
     assert f"gateway   {GW}" in status.stdout
     assert f"uplink    connected to 127.0.0.1:{city.broker.port}; hub online" in status.stdout
+    assert re.search(r"^buffer    \d+ messages on disk, live", status.stdout, re.M), status.stdout
+    assert "plan      none (the hub has not sent one yet)" in status.stdout
     assert any(line.split()[:4] == ["L-0002", "cab", "lamp", "ok"] for line in status.stdout.splitlines())
     points = await asyncio.to_thread(cli, "points", "--device", "L-0002")
     assert points.returncode == 0, points.stderr
