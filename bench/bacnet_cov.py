@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import aiomqtt
 import wire
 from drivers.bacnet import BacnetBusConfig, BacnetDeviceConfig, BacnetDriver
 from firmware_sim.bacnet import BuildingSim
+from firmware_sim.bacnet import free_udp_ports as udp_ports
 
 GW = "bms-bench"
 INSTANCE = 1001
@@ -53,16 +53,6 @@ devices:
 """
 
 
-def udp_ports(n: int) -> list[int]:
-    """n distinct free UDP ports on loopback."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def summary(ms: list[float]) -> dict[str, float]:

@@ -11,7 +11,6 @@ baseline is one ReadProperty round trip in the same run.
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import time
 from typing import Any
@@ -20,21 +19,12 @@ import _common
 
 from drivers.bacnet import BacnetBusConfig, BacnetDeviceConfig, BacnetDriver
 from firmware_sim.bacnet import BuildingSim
+from firmware_sim.bacnet import free_udp_ports as udp_ports
 from firmware_sim.bacnet.building import Layout, object_map
 
 INSTANCE = 1001
 
 
-def udp_ports(n: int) -> list[int]:
-    """n distinct free UDP ports on loopback."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def configs(gw_port: int, dev_port: int, read_multiple: bool) -> tuple[BacnetBusConfig, BacnetDeviceConfig]:

@@ -30,6 +30,7 @@ from rules import Decision, Plan, PresenceEvent, PresenceState, command_level, d
 from wire import AckStatus
 
 from .commands import CommandExecutor
+from .fsutil import write_atomic
 from .outbox import PendingEvent
 from .state import DeviceState, now_ms
 
@@ -61,18 +62,6 @@ def clock() -> int:
     return int(time.time() * 1000) + _OFFSET_MS
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class PlanRunner:
@@ -155,7 +144,7 @@ class PlanRunner:
             return True
         if persist:
             try:
-                _write_atomic(self.path, payload)
+                write_atomic(self.path, payload)
             except OSError as err:
                 log.error("plan %s runs but could not be saved to %s: %s", plan.version, self.path, err)
         self.plan, self.sensors, self.received_ts_ms = plan, dict(msg.sensors), msg.ts_ms

@@ -8,8 +8,9 @@ skips at most one block, which the hub sees as a jump at a new session, never as
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from .fsutil import write_atomic
 
 BLOCK = 1000
 
@@ -24,17 +25,7 @@ def _read_int(path: Path) -> int:
 
 
 def _write_int(path: Path, value: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"{value}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, b"%d\n" % value)
 
 
 class SeqStore:

@@ -7,7 +7,6 @@ refuse a taken port, and both are closed completely when their context ends.
 
 from __future__ import annotations
 
-import socket
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from drivers.bacnet import (
 )
 from edge import config as edge_config
 from firmware_sim.bacnet import BuildingSim
+from firmware_sim.bacnet import free_udp_ports as udp_ports
 from wire import PointType, Quality
 
 INSTANCE = 1001
@@ -45,16 +45,6 @@ POINTS: list[dict[str, Any]] = [
 ]
 
 
-def udp_ports(n: int) -> list[int]:
-    """n distinct UDP ports free on loopback right now."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def bus(port: int, **kw: Any) -> BacnetBusConfig:

@@ -5,7 +5,6 @@ Real bacpypes3 on loopback with fresh ports per test (see tests/test_bacnet.py f
 
 from __future__ import annotations
 
-import socket
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,8 @@ from drivers.bacnet import BacnetBusConfig, BacnetDeviceConfig, BacnetDriver
 from edge import config as edge_config
 from edge.cli import main as edge_main
 from firmware_sim.bacnet import BuildingSim
+from firmware_sim.bacnet import free_udp_ports as udp_ports
 from wire import Quality
-
-
-def udp_ports(n: int) -> list[int]:
-    """n distinct UDP ports free on loopback right now."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def bus(port: int, **kw: Any) -> BacnetBusConfig:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 import tempfile
 import time
@@ -26,22 +25,13 @@ from drivers.bacnet.cov import CovState
 from edge import config as edge_config
 from edge.daemon import Edge
 from firmware_sim.bacnet import BuildingSim
+from firmware_sim.bacnet import free_udp_ports as udp_ports
 
 GW = "bms-gw"
 BUILDING = "town-hall"
 INSTANCE = 1001
 
 
-def udp_ports(n: int) -> list[int]:
-    """n distinct UDP ports free on loopback right now."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def edge_yaml(mqtt_port: int, data_dir: Path, sock: Path, gw_port: int, dev_port: int) -> str:

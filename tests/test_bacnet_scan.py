@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -20,18 +19,7 @@ from drivers.bacnet import BacnetDeviceConfig
 from edge import config as edge_config
 from edge.daemon import Edge
 from firmware_sim.bacnet import BuildingSim
-
-
-def udp_ports(n: int) -> list[int]:
-    """n distinct UDP ports free on loopback right now."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from firmware_sim.bacnet import free_udp_ports as udp_ports
 
 
 async def cli(*argv: str) -> tuple[int, str, str]:
