@@ -603,7 +603,7 @@ def fuzz_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosqui
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(payloads=PAYLOADS, seed=st.integers(0, 2**32))
-def test_fuzz_cmd_and_hub_status_topics_no_crash_everything_counted(
+def test_fuzz_cmd_hub_status_and_plan_topics_no_crash_everything_counted(
     fuzz_edge: tuple[Mosquitto, EdgeProcess], payloads: list[bytes], seed: int
 ) -> None:
     broker, ep = fuzz_edge
@@ -612,21 +612,26 @@ def test_fuzz_cmd_and_hub_status_topics_no_crash_everything_counted(
 
 async def _fuzz_once(broker: Mosquitto, ep: EdgeProcess, payloads: list[bytes], rnd: random.Random) -> None:
     before = (await ep.ask("status"))["counters"]
-    topics = [TOPICS.gateway(GW, Kind.CMD), TOPICS.hub_status()]
-    n_cmd = n_status = 0
+    plan_before = (await ep.ask("status"))["plan"]
+    topics = [TOPICS.gateway(GW, Kind.CMD), TOPICS.hub_status(), TOPICS.plan(GW)]
+    n_cmd = n_status = n_plan = 0
     async with aiomqtt.Client(broker.host, broker.port, identifier=f"fz-{uuid.uuid4().hex[:6]}") as c:
         for p in payloads:
-            topic = topics[0] if rnd.random() < 0.8 else topics[1]
+            r = rnd.random()
+            topic = topics[0] if r < 0.7 else topics[1] if r < 0.85 else topics[2]
             n_cmd += topic == topics[0]
             n_status += topic == topics[1]
+            n_plan += topic == topics[2]
             await c.publish(topic, p, qos=1)
         # The hub is online again at the end, whatever the fuzz said.
         await c.publish(topics[1], wire.encode_status(wire.Status(online=True, session=1)), qos=1)
     want = before["commands_received"] + before["commands_malformed"] + n_cmd
 
     async def counted() -> bool:
-        c = (await ep.ask("status"))["counters"]
-        return bool(c["commands_received"] + c["commands_malformed"] >= want)
+        st_ = await ep.ask("status")
+        c = st_["counters"]
+        return bool(c["commands_received"] + c["commands_malformed"] >= want
+                    and st_["plan"]["plans_refused"] >= plan_before["plans_refused"] + n_plan)
 
     with contextlib.suppress(AssertionError):
         await eventually(counted, 30)
@@ -635,6 +640,9 @@ async def _fuzz_once(broker: Mosquitto, ep: EdgeProcess, payloads: list[bytes], 
     assert ep.proc is not None and ep.proc.poll() is None, ep.log()
     c = st_["counters"]
     assert c["commands_received"] + c["commands_malformed"] == want, why
+    # no fuzzed payload is a valid plan: each one refused and counted, no plan taken up
+    assert st_["plan"]["plans_refused"] == plan_before["plans_refused"] + n_plan, st_["plan"]
+    assert st_["plan"]["version"] is None, st_["plan"]
     assert all(t["restarts"] == 0 for t in st_["tasks"].values()), why + ep.log()[-2000:]
     assert st_["uplink"]["connected"], f"{st_['uplink']} {ep.log()[-2000:]}"
 
