@@ -283,6 +283,7 @@ class BusStats:
     garbled: int = 0  # single answers that reached the master garbled (framing error)
     ignored_config: int = 0  # send-twice commands not repeated within 100 ms
     by_opcode: dict[str, int] = field(default_factory=dict)
+    dapc_by_target: dict[str, int] = field(default_factory=dict)  # DAPC frames: short / group / broadcast
 
 
 # Gear variables RESET leaves alone: addressing, faults, the simulation's knobs and the D4i
@@ -354,6 +355,9 @@ class GearBus:
         device_type, self._enabled_dt = self._enabled_dt, 0
         if addr & 0x01 == 0:  # selector bit 0: DAPC (IEC 62386-102 §11.2.1)
             self._count("DAPC")
+            # IEC 62386-102 §7.2.2: 0AAAAAAS short address, 100GGGGS group, 111111xS broadcast
+            target = "short" if addr & 0x80 == 0 else "group" if addr >> 5 == 0b100 else "broadcast"
+            self.stats.dapc_by_target[target] = self.stats.dapc_by_target.get(target, 0) + 1
             for g in self._addressed(addr):
                 if data == MASK:
                     g.stop_fade(now)
