@@ -69,9 +69,13 @@ def test_passwords_never_reach_the_logs(tmp_path: Path) -> None:
             procs.append(edge)
             wait_for_line(edge_log, "uplink connected", edge)
             wait_for_line(hub_log, "connected as", hub)
-            for p in procs:
+            for p, log in ((hub, hub_log), (edge, edge_log)):
                 p.send_signal(signal.SIGTERM)
-                assert p.wait(20) == 0
+                try:
+                    rc = p.wait(20)
+                except subprocess.TimeoutExpired:
+                    rc = None
+                assert rc == 0, f"{p.args[0]} exit {rc} after SIGTERM:\n{log.read_text(errors='replace')[-3000:]}"
         logs = hub_log.read_text(errors="replace") + edge_log.read_text(errors="replace")
         assert "DEBUG" in logs  # the debug output was really on
         assert HUB_PW not in logs and GW_PW not in logs
