@@ -224,6 +224,9 @@ class PlanRunner:
     def _verify(self, desired: Mapping[str, int]) -> None:
         """Forget what we wrote to a lamp whose level, polled after our write, is not what the
         plan wants (a late hub command, a technician, a power cut): it is written again."""
+        for lamp, (_, wanted) in list(self._manual.items()):
+            if wanted is not None and desired.get(lamp, wanted) != wanted:
+                del self._manual[lamp]  # the plan moved on (next step): the manual level ends
         for lid in desired:
             ps = self.devices[lid].points.get(LEVEL_POINT)
             done = self._written_ms.get(lid)
@@ -231,7 +234,7 @@ class PlanRunner:
                 continue
             if isinstance(ps.value, int | float) and round(ps.value) != self.applied[lid]:
                 level = round(ps.value)
-                if self._hub_holds(lid, level) or self._manual_holds(lid, level, desired[lid]):
+                if self._hub_holds(lid, level) or self._manual_holds(lid, level):
                     continue
                 self.corrections += 1
                 log.info("lamp %s reads %s, plan wants %s: writing it again", lid, ps.value, desired[lid])
@@ -247,15 +250,10 @@ class PlanRunner:
             return False
         return raised[0] == level and level > self.applied[lamp]
 
-    def _manual_holds(self, lamp: str, level: int, wanted: int) -> bool:
-        """True while an operator's level stands: until the plan wants something new."""
+    def _manual_holds(self, lamp: str, level: int) -> bool:
+        """True while an operator's level stands (`_verify` ends it when the plan moves on)."""
         manual = self._manual.get(lamp)
-        if manual is None:
-            return False
-        if manual[1] is not None and manual[1] != wanted:
-            del self._manual[lamp]  # the plan moved on (next step): the manual level ends
-            return False
-        return manual[0] == level
+        return manual is not None and manual[0] == level
 
     async def _write(self, target: str, level: int) -> None:
         status, detail, _ = await self.executor.apply_local(target, LEVEL_POINT, level)
