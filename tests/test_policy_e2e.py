@@ -97,6 +97,20 @@ class Night:
         except AssertionError:
             raise AssertionError(f"registers {self.registers()} never became {expected}") from None
 
+    async def wait_hub_settled(self, level: int) -> None:
+        """Until the hub's own commands for this step are all out and applied (one that failed,
+        e.g. before the birth was registered, is re-sent and could land after a later write)."""
+        runner, hub = self.runner, self.hub
+        assert hub is not None
+
+        async def settled() -> bool:
+            if runner.sent != dict.fromkeys(LAMPS, level) or any(s.pending for s in runner._senders.values()):
+                return False
+            _, cmds = await send(hub, "GET", "/commands?status=pending", role="viewer")
+            return not cmds["items"]
+
+        await eventually(settled, 15)
+
     async def stop_edge(self) -> None:
         self.edge_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -272,6 +286,7 @@ async def test_presence_the_hub_saw_elsewhere_keeps_lamps_here_raised(city: Nigh
     """The hub lights neighbours on other gateways; this edge must not undo it as a stray write."""
     city.advance(at(2, 0))
     await city.wait_registers(dict.fromkeys(LAMPS, 40))
+    await city.wait_hub_settled(40)
     runner = city.runner
     # presence at L-0004 that this edge's bus never saw (a sensor across a gateway boundary),
     # as the hub's ingest reports it to the runner
@@ -291,6 +306,7 @@ async def test_an_operator_command_stands_until_the_plans_next_step(city: Night)
     write) until the plan's next switch point, which then applies as usual."""
     city.advance(at(23, 30))
     await city.wait_registers(dict.fromkeys(LAMPS, 70))
+    await city.wait_hub_settled(70)
     assert city.hub is not None
     status, _ = await send(city.hub, "POST", "/commands", {"device": "L-0002", "point": "level", "value": 30},
                            role="operator")
