@@ -271,12 +271,21 @@ class PolicyRunner:
         """Ingest listener: a presence event raises its lamp and neighbours (any gateway)."""
         if ev.kind not in PRESENCE_KINDS or not ev.active or self.city is None:
             return
+        if ev.historical:
+            # replayed from a gateway's buffer after an outage: that passer-by is long gone, and
+            # lighting the street now for them would be wrong (the edge lit it at the time)
+            self._counters.inc("policy.presence_historical")
+            return
         lamp = self.sensor_lamp(ev.device)
         if lamp is None:
             self._counters.inc("policy.presence_unmapped")
             return
         now = self.clock()
-        self.presence = self.city.evaluator.apply_event(self.presence, PresenceEvent(lamp, now), now)
+        # The hold starts when the sensor saw someone (the event's time), not when the event got
+        # here: a delayed event holds only for what is left; never later than now (a gateway
+        # clock ahead of the hub's must not stretch the hold).
+        at = min(ev.ts_ms, now)
+        self.presence = self.city.evaluator.apply_event(self.presence, PresenceEvent(lamp, at), now)
         self._counters.inc("policy.presence")
         self.last_presence_at = time.perf_counter()
         self.poke()

@@ -317,3 +317,27 @@ async def test_an_operator_command_stands_until_the_plans_next_step(city: Night)
     assert city.registers() == manual and city.edge.plan.corrections == 0
     city.advance(at(2, 0))  # the next step of the night ends the manual level
     await city.wait_registers(dict.fromkeys(LAMPS, 40))
+
+
+async def test_replayed_or_stale_presence_does_not_light_the_street_now(city: Night) -> None:
+    """After an outage a gateway replays its buffer: a passer-by of an hour ago must not raise
+    lamps now; a delayed live event holds only for what is left of its hold."""
+    city.advance(at(2, 0))
+    await city.wait_registers(dict.fromkeys(LAMPS, 40))
+    await city.wait_hub_settled(40)
+    runner = city.runner
+
+    def event(ts_ms: int, historical: bool = False) -> wire.Event:
+        return wire.Event(seq=1, ts_ms=ts_ms, device="L-0004", kind="presence", active=True,
+                          severity="info", point="presence", historical=historical)
+
+    runner.on_event("cab-08", event(city.clock(), historical=True))  # replayed from a buffer
+    runner.on_event("cab-08", event(city.clock() - 3_600_000))  # seen an hour ago, arrived late
+    await runner.evaluate()
+    assert {d.source for d in runner.decisions.values()} == {"schedule"}
+    runner.on_event("cab-08", event(city.clock() - 30_000))  # 30 s late: 30 s of the 60 s hold left
+    await runner.evaluate()
+    assert runner.decisions["L-0004"].source == "presence"
+    city.advance(city.clock() + 40_000)  # 70 s after it was seen: the hold is over, fading
+    await runner.evaluate()
+    assert runner.decisions["L-0004"].level < 100
