@@ -173,3 +173,22 @@ def save(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+async def mqtt_rtt(port: int, n: int) -> list[float]:
+    """Baseline: a bare QoS 1 publish -> subscribe round trip through the broker, in ms."""
+    import aiomqtt
+
+    out: list[float] = []
+    async with (
+        aiomqtt.Client("127.0.0.1", port, identifier="rtt-sub") as sub,
+        aiomqtt.Client("127.0.0.1", port, identifier="rtt-pub") as pub,
+    ):
+        await sub.subscribe("bench/rtt", qos=1)
+        it = sub.messages.__aiter__()
+        for i in range(n):
+            t0 = time.perf_counter()
+            await pub.publish("bench/rtt", str(i).encode(), qos=1)
+            await it.__anext__()
+            out.append((time.perf_counter() - t0) * 1000)
+    return out

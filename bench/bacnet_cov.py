@@ -65,21 +65,6 @@ def summary(ms: list[float]) -> dict[str, float]:
     }
 
 
-async def mqtt_rtt(port: int, n: int) -> list[float]:
-    """Bare QoS 1 publish -> subscribe round trip through the broker."""
-    out: list[float] = []
-    async with (
-        aiomqtt.Client("127.0.0.1", port, identifier="cov-rtt-sub") as sub,
-        aiomqtt.Client("127.0.0.1", port, identifier="cov-rtt-pub") as pub,
-    ):
-        await sub.subscribe("bench/rtt", qos=1)
-        it = sub.messages.__aiter__()
-        for i in range(n):
-            t0 = time.perf_counter()
-            await pub.publish("bench/rtt", str(i).encode(), qos=1)
-            await it.__anext__()
-            out.append((time.perf_counter() - t0) * 1000)
-    return out
 
 
 async def rp_rtt(dev_port: int, n: int) -> list[float]:
@@ -184,7 +169,7 @@ async def run(quick: bool, work: Path) -> dict[str, Any]:
     n_cov, n_poll = (30, 5) if quick else (300, 30)
     broker = _common.Broker(work / "broker").start()
     try:
-        base_mqtt = summary(await mqtt_rtt(broker.port, 100 if quick else 500))
+        base_mqtt = summary(await _common.mqtt_rtt(broker.port, 100 if quick else 500))
         fast = await one_edge(broker, work, 0, n_cov, n_poll)
         default = await one_edge(broker, work, 200, n_cov // 3, 0)
     finally:

@@ -23,7 +23,6 @@ from typing import Any
 
 import _common
 import aiohttp
-import aiomqtt
 import paho.mqtt.client as paho
 from aiohttp import web
 
@@ -66,19 +65,6 @@ def summary(ms: list[float]) -> dict[str, float]:
             "mean_ms": statistics.fmean(ms)}
 
 
-async def mqtt_rtt(port: int, n: int) -> list[float]:
-    """Bare QoS 1 publish -> subscribe round trip through the broker."""
-    out: list[float] = []
-    async with aiomqtt.Client("127.0.0.1", port, identifier="rtt-sub") as sub, \
-            aiomqtt.Client("127.0.0.1", port, identifier="rtt-pub") as pub:
-        await sub.subscribe("bench/rtt", qos=1)
-        it = sub.messages.__aiter__()
-        for i in range(n):
-            t0 = time.perf_counter()
-            await pub.publish("bench/rtt", str(i).encode(), qos=1)
-            await it.__anext__()
-            out.append((time.perf_counter() - t0) * 1000)
-    return out
 
 
 async def modbus_rtt(port: int, n: int) -> list[float]:
@@ -153,7 +139,7 @@ async def run(n: int, work: Path) -> dict[str, Any]:
     runner: web.AppRunner | None = None
     try:
         _common.wait_port("127.0.0.1", sim_port)
-        base_mqtt = await mqtt_rtt(broker.port, n)
+        base_mqtt = await _common.mqtt_rtt(broker.port, n)
         base_modbus = await modbus_rtt(sim_port, n)
         http_port = _common.free_port()
         settings = HubSettings.model_validate({
