@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -70,6 +71,28 @@ async def _write(runner: PolicyRunner, kind: str, body: dict[str, Any], **kw: An
     except PolicyInvalid as err:
         return invalid(err.errors, err.status, "policy_conflict" if err.status == 409 else "invalid_policy")
     return None
+
+
+async def _create(
+    r: PolicyRunner,
+    kind: str,
+    body: dict[str, Any],
+    what: str,
+    hint: str = "",
+    check: Callable[[dict[str, Any]], None] | None = None,
+    **kw: Any,
+) -> web.Response:
+    """Validate and store a new object: 201 with it, 422 with every problem, 409 if its id exists."""
+    try:
+        item = _validate(kind, body)
+    except PolicyInvalid as err:
+        return invalid(err.errors)
+    if check is not None:
+        check(item)
+    if r.get(kind, item["id"]) is not None:
+        raise ApiError(409, "exists", f"{what} {item['id']!r} exists{hint}")
+    bad = await _write(r, kind, item, **kw)
+    return bad or web.json_response(item, status=201)
 
 
 def _kind(request: web.Request) -> str:
@@ -155,14 +178,7 @@ async def post_item(request: web.Request) -> web.Response:
     r, kind = _runner(request), _kind(request)
     body = await read_json(request)
     sensors = _sensors(body) if kind == "lamps" else None
-    try:
-        item = _validate(kind, body)
-    except PolicyInvalid as err:
-        return invalid(err.errors)
-    if r.get(kind, item["id"]) is not None:
-        raise ApiError(409, "exists", f"{_seg(request)} {item['id']!r} exists; PUT replaces it")
-    bad = await _write(r, kind, item, sensors=sensors)
-    return bad or web.json_response(item, status=201)
+    return await _create(r, kind, body, _seg(request), "; PUT replaces it", sensors=sensors)
 
 
 @needs("admin")
@@ -227,15 +243,9 @@ async def post_override(request: web.Request) -> web.Response:
         body["expiry_ms"] = int(body["start_ms"]) + int(duration * 1000)
     body.setdefault("id", "ov-" + uuid.uuid4().hex[:10])
     body["created_ms"] = now
-    try:
-        item = _validate("overrides", body)
-    except PolicyInvalid as err:
-        return invalid(err.errors)
-    _check_target(r, item["target"])
-    if r.get("overrides", item["id"]) is not None:
-        raise ApiError(409, "exists", f"override {item['id']!r} exists")
-    bad = await _write(r, "overrides", item)
-    return bad or web.json_response(item, status=201)
+    return await _create(
+        r, "overrides", body, "override", check=lambda item: _check_target(r, item["target"])
+    )
 
 
 @policy_routes.delete(PREFIX + "/overrides/{id}")
@@ -264,14 +274,7 @@ async def post_crisis(request: web.Request) -> web.Response:
     body = await read_json(request)
     body.setdefault("start_ms", r.clock())
     body.setdefault("id", "crisis-" + uuid.uuid4().hex[:10])
-    try:
-        item = _validate("crises", body)
-    except PolicyInvalid as err:
-        return invalid(err.errors)
-    if r.get("crises", item["id"]) is not None:
-        raise ApiError(409, "exists", f"crisis {item['id']!r} exists")
-    bad = await _write(r, "crises", item)
-    return bad or web.json_response(item, status=201)
+    return await _create(r, "crises", body, "crisis")
 
 
 @policy_routes.delete(PREFIX + "/crisis/{id}")
